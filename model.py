@@ -1,0 +1,316 @@
+"""GCN-PHR (SPEC §3), the release's own architecture (SPEC §3.1) and their shared configuration.
+
+The model only composes: message passing lives in ``gcn_layers.py``, the optimiser and the loop in
+``train.py``. Every ranker in the project (``model.py`` and ``baselines.py``) follows one interface,
+:class:`Ranker`: ``loss(users, videos, pos, neg, rows)`` for training and ``scorer()`` for
+evaluation, which returns ``score(users, videos, cand)`` with any graph propagation done once.
+
+Shape legend: U users, H hashtags, V videos, P pairs, E pair–video edges, R training rows,
+B batch (rows or lines), C candidates per line, F feature dim, d latent dim (``dim_latent``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field, fields
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from data_load import PairGraph
+from gcn_layers import NEGATIVE_SLOPE, PHRConv, ReleasedConv
+
+ScoreFn = Callable[[Tensor, Tensor, Tensor], Tensor]
+
+
+def _opt(default, help: str, **kw):
+    return field(default=default, metadata={"help": help, **kw})
+
+
+@dataclass
+class Config:
+    """Every hyperparameter of a run. ``train.py`` builds its command line from these fields.
+
+    The names of the release's flags (SPEC §7) are kept; defaults are the release's values.
+    """
+
+    # ---- the release's command line (SPEC §7) ----
+    model_name: str = _opt("gcn_phr", "which ranker to train", choices=(
+        "gcn_phr", "released", "pop", "userpop", "content", "mf"))
+    data_path: str = _opt("", "dataset directory (project format, or legacy with --allow_pickle); "
+                          "empty: build and use the synthetic 'small' preset under data/")
+    l_r: float = _opt(1e-3, "Adam learning rate")
+    weight_decay: float = _opt(0.1, "Adam weight decay (coupled L2, as torch.optim.Adam; the loss is "
+                               "summed over the batch, so this is the release's strength)")
+    batch_size: int = _opt(1024, "training rows per step")
+    dim_latent: int = _opt(64, "latent size d")
+    num_workers: int = _opt(30, "CPU threads for tensor ops, capped at the number of cores "
+                            "(the release's DataLoader workers; batches here are index tensors)")
+    aggr_mode: str = _opt("mean", "AGG over a node's pairs", choices=("mean", "max", "add"))
+    scoring_mode: str = _opt("cat", "user-specific scoring: cat = 2-layer MLP on [x ‖ u], "
+                             "fully_con = one fully connected layer", choices=("cat", "fully_con"))
+    num_epoch: int = _opt(50, "maximum number of epochs")
+    num_heads: int = _opt(1, "GAT heads of the 'released' variant")
+    PATH_weight_load: str = _opt("", "load model weights from this checkpoint before training")
+    PATH_weight_save: str = _opt("", "also save the best weights to this path")
+    # ---- additions ----
+    num_layers: int = _opt(2, "aggregation layers L")
+    seed: int = _opt(0, "seed of every random source (init, negatives, batch order)")
+    topk: str = _opt("5,10", "comma-separated cut-offs K of the metrics")
+    patience: int = _opt(10, "stop after this many epochs without a better validation Recall@10 "
+                         "(0: never)")
+    eval_batch_size: int = _opt(1024, "val/test lines scored at once")
+    # ---- learning knobs; defaults are the faithful values (README: 'What makes it learn') ----
+    neg_pop_exponent: float = _opt(0.0, "training negatives drawn with P(h) ∝ count(h)^β over "
+                                   "training hashtags; 0 = uniform (the paper)")
+    hide_own_rows: bool = _opt(False, "hide a batch's own training rows from its message passing, "
+                               "so the graph cannot give the positive away")
+    dropout: float = _opt(0.0, "dropout on node and video representations before scoring")
+
+    @property
+    def ks(self) -> tuple[int, ...]:
+        return tuple(int(k) for k in self.topk.split(","))
+
+    def validate(self) -> None:
+        for f in fields(self):
+            choices = f.metadata.get("choices")
+            if choices and getattr(self, f.name) not in choices:
+                raise ValueError(f"--{f.name}: expected one of {choices}, got {getattr(self, f.name)!r}")
+        positive = ("l_r", "batch_size", "dim_latent", "num_epoch", "num_layers", "num_heads",
+                    "eval_batch_size", "num_workers")
+        for name in positive:
+            if getattr(self, name) <= 0:
+                raise ValueError(f"--{name}: expected a positive value, got {getattr(self, name)}")
+        if self.weight_decay < 0 or self.patience < 0 or not 0 <= self.dropout < 1:
+            raise ValueError("--weight_decay and --patience must be ≥ 0 and --dropout in [0, 1)")
+        try:
+            ks = self.ks
+        except ValueError:
+            raise ValueError(f"--topk: expected comma-separated integers, got {self.topk!r}") from None
+        if not ks or min(ks) <= 0 or 10 not in ks:
+            raise ValueError(f"--topk: expected positive cut-offs including 10 (model selection uses "
+                             f"Recall@10), got {self.topk!r}")
+
+
+class Ranker(nn.Module):
+    """What ``train.py`` and ``evaluation.py`` need from any model."""
+
+    trainable = True
+
+    def loss(self, users: Tensor, videos: Tensor, pos: Tensor, neg: Tensor, rows: Tensor) -> Tensor:
+        """BPR loss of SPEC §3 summed over the batch (``rows``: the batch's training-row ids)."""
+        raise NotImplementedError
+
+    def scorer(self) -> ScoreFn:
+        """A function ``(users [B], videos [B], cand [B, C]) -> scores [B, C]`` for evaluation."""
+        raise NotImplementedError
+
+
+def bpr_loss(pos_score: Tensor, neg_score: Tensor) -> Tensor:
+    """−Σ ln σ(s⁺ − s⁻), with the numerically stable log-sigmoid (SPEC §3)."""
+    return -F.logsigmoid(pos_score - neg_score).sum()
+
+
+class UserScorer(nn.Module):
+    r"""User-specific representations and score (SPEC §3):
+    :math:`s(u, v, h) = \bar{\mathbf{v}}^\top \bar{\mathbf{h}}`.
+
+    ``cat``: :math:`\bar{\mathbf{v}} = \mathrm{MLP}_v([\mathbf{v} \| \mathbf{u}])`,
+    :math:`\bar{\mathbf{h}} = \mathrm{MLP}_h([\mathbf{h} \| \mathbf{u}])`, MLP = Linear(2d→d), LReLU,
+    Linear(d→d), LReLU. ``fully_con``: one Linear(2d→d) and LReLU per side.
+
+    The first Linear of the hashtag side is applied as ``W[:, :d] h + W[:, d:] u + b``, which is the
+    same map as on the concatenation; it lets evaluation project every hashtag once and every line
+    once instead of every (line, candidate) pair.
+
+    Args:
+        dim (int): latent size d.
+        mode (str): ``"cat"`` or ``"fully_con"``.
+
+    Shapes:
+        user [B, d], video [B, d], tag [B, d] or [B, C, d] → [B] or [B, C]
+    """
+
+    def __init__(self, dim: int, mode: str = "cat", dropout: float = 0.0) -> None:
+        super().__init__()
+        self.dim, self.mode = dim, mode
+        self.v1 = nn.Linear(2 * dim, dim)
+        self.h1 = nn.Linear(2 * dim, dim)
+        self.v2 = nn.Linear(dim, dim) if mode == "cat" else None
+        self.h2 = nn.Linear(dim, dim) if mode == "cat" else None
+        self.drop = nn.Dropout(dropout)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        for lin in (self.v1, self.h1, self.v2, self.h2):
+            if lin is not None:
+                nn.init.xavier_uniform_(lin.weight)
+                nn.init.zeros_(lin.bias)
+
+    def _tail(self, x: Tensor, second: nn.Linear | None) -> Tensor:
+        x = F.leaky_relu(x, NEGATIVE_SLOPE)
+        return x if second is None else F.leaky_relu(second(x), NEGATIVE_SLOPE)
+
+    def tag_part(self, tag: Tensor) -> Tensor:
+        """The hashtag half of the first hashtag-side layer, ``[*, d] -> [*, d]``."""
+        return F.linear(self.drop(tag), self.h1.weight[:, : self.dim])
+
+    def forward(self, user: Tensor, video: Tensor, tag: Tensor | None = None,
+                tag_part: Tensor | None = None) -> Tensor:
+        user, video = self.drop(user), self.drop(video)
+        v_bar = self._tail(self.v1(torch.cat([video, user], dim=-1)), self.v2)   # [B, d]
+        if tag_part is None:
+            tag_part = self.tag_part(tag)                                       # [B, (C,) d]
+        user_part = F.linear(user, self.h1.weight[:, self.dim:], self.h1.bias)  # [B, d]
+        if tag_part.dim() == 3:
+            user_part, v_bar = user_part.unsqueeze(1), v_bar.unsqueeze(1)       # [B, 1, d]
+        h_bar = self._tail(tag_part + user_part, self.h2)                       # [B, (C,) d]
+        return (v_bar * h_bar).sum(-1)                                          # [B, (C)]
+
+    def __repr__(self) -> str:
+        return f"{self.__class__.__name__}({self.dim}, mode={self.mode!r})"
+
+
+class Reps(NamedTuple):
+    """Propagated representations: users ``[U, d]``, hashtags ``[H, d]``, videos ``[V, d]``."""
+
+    user: Tensor
+    tag: Tensor
+    video: Tensor
+
+
+class _GraphRanker(Ranker):
+    """Shared parts of GCN-PHR and the released variant: id embeddings, the video projection,
+    the fixed graph and features as non-persistent buffers, the scorer, BPR loss."""
+
+    def __init__(self, cfg: Config, graph: PairGraph, features: Tensor) -> None:
+        super().__init__()
+        d = cfg.dim_latent
+        self.cfg = cfg
+        self.user_emb = nn.Parameter(torch.empty(graph.num_user, d))   # x_u^0, [U, d]
+        self.tag_emb = nn.Parameter(torch.empty(graph.num_hashtag, d))  # x_h^0, [H, d]
+        self.video_proj = nn.Linear(features.size(1), d)               # z_v = LReLU(W_f f_v + b_f)
+        self.scoring = UserScorer(d, cfg.scoring_mode, cfg.dropout)
+        self.register_buffer("features", features, persistent=False)   # [V, F]
+        for f in fields(graph):
+            value = getattr(graph, f.name)
+            if isinstance(value, Tensor):
+                self.register_buffer(f"g_{f.name}", value, persistent=False)
+        self._graph_shape = (graph.num_user, graph.num_hashtag, graph.num_video)
+
+    def reset_parameters(self) -> None:
+        nn.init.xavier_uniform_(self.user_emb)
+        nn.init.xavier_uniform_(self.tag_emb)
+        nn.init.xavier_uniform_(self.video_proj.weight)
+        nn.init.zeros_(self.video_proj.bias)
+        self.scoring.reset_parameters()
+
+    @property
+    def graph(self) -> PairGraph:
+        """The pair graph, on the device of the module's buffers."""
+        tensors = {f.name: getattr(self, f"g_{f.name}") for f in fields(PairGraph)
+                   if hasattr(self, f"g_{f.name}")}
+        return PairGraph(*self._graph_shape, **tensors)
+
+    def video_repr(self) -> Tensor:
+        """``[V, d]`` z_v for every video (train, val and test alike)."""
+        return F.leaky_relu(self.video_proj(self.features), NEGATIVE_SLOPE)
+
+    def propagate(self, hidden_rows: Tensor | None = None) -> Reps:
+        raise NotImplementedError
+
+    def loss(self, users, videos, pos, neg, rows):
+        reps = self.propagate(rows if self.cfg.hide_own_rows else None)
+        u, v = reps.user[users], reps.video[videos]                    # [B, d]
+        s_pos = self.scoring(u, v, reps.tag[pos])                       # [B]
+        s_neg = self.scoring(u, v, reps.tag[neg])                       # [B]
+        return bpr_loss(s_pos, s_neg)
+
+    def scorer(self) -> ScoreFn:
+        reps = self.propagate()
+        tag_part = self.scoring.tag_part(reps.tag)                      # [H, d], once
+
+        def score(users: Tensor, videos: Tensor, cand: Tensor) -> Tensor:
+            return self.scoring(reps.user[users], reps.video[videos], tag_part=tag_part[cand])
+
+        return score
+
+
+class GCNPHR(_GraphRanker):
+    r"""GCN-PHR (Wei et al., ACM MM 2019; SPEC §3).
+
+    .. math::
+        \mathbf{x}_u^0 = \mathbf{E}_{user}[u], \quad \mathbf{x}_h^0 = \mathbf{E}_{tag}[h], \quad
+        \mathbf{z}_v = \mathrm{LReLU}(\mathbf{W}_f \mathbf{f}_v + \mathbf{b}_f)
+
+        (\mathbf{X}_{user}^l, \mathbf{X}_{tag}^l) = \mathrm{PHRConv}_l(\mathbf{X}_{user}^{l-1},
+        \mathbf{X}_{tag}^{l-1}, \mathbf{Z}), \quad l = 1 \dots L
+
+        s(u, v, h) = \bar{\mathbf{v}}^\top \bar{\mathbf{h}} \quad (\text{see } \texttt{UserScorer})
+
+    Args:
+        cfg (Config): ``dim_latent``, ``num_layers``, ``aggr_mode``, ``scoring_mode``,
+            ``hide_own_rows``, ``dropout``.
+        graph (PairGraph): the training pair graph (kept as non-persistent buffers).
+        features (Tensor): ``[V, F]`` video features (a non-persistent buffer).
+    """
+
+    def __init__(self, cfg: Config, graph: PairGraph, features: Tensor) -> None:
+        super().__init__(cfg, graph, features)
+        self.convs = nn.ModuleList(PHRConv(cfg.dim_latent, aggr=cfg.aggr_mode)
+                                   for _ in range(cfg.num_layers))
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        super().reset_parameters()
+        for conv in self.convs:
+            conv.reset_parameters()
+
+    def propagate(self, hidden_rows: Tensor | None = None) -> Reps:
+        """Full-graph propagation; ``hidden_rows`` ``[B]`` hides those training rows' edges."""
+        graph = self.graph
+        edge_mask = None
+        if hidden_rows is not None:
+            hidden = torch.zeros(graph.row_pair.numel(), dtype=torch.bool, device=hidden_rows.device)
+            hidden[hidden_rows] = True                                  # [R]
+            edge_mask = ~hidden[graph.pv_row]                           # [E]
+        z = self.video_repr()                                           # [V, d]
+        x_user, x_tag = self.user_emb, self.tag_emb
+        for conv in self.convs:
+            x_user, x_tag = conv(x_user, x_tag, z, graph, edge_mask=edge_mask)
+        return Reps(x_user, x_tag, z)
+
+
+class ReleasedGCN(_GraphRanker):
+    """The release's own architecture (SPEC §3.1): ``num_layers`` rounds of GATConv on video→user and
+    video→hashtag edges then SAGEConv on user↔hashtag edges (``aggr_mode`` reaches SAGEConv), with
+    the same id embeddings (trained here), scoring and loss as GCN-PHR."""
+
+    def __init__(self, cfg: Config, graph: PairGraph, features: Tensor) -> None:
+        super().__init__(cfg, graph, features)
+        pair_video = graph.pv_video                                      # [E]
+        pair_of_edge = torch.repeat_interleave(torch.arange(graph.num_pairs),
+                                               graph.pv_ptr.diff())      # [E]
+        video_user = torch.stack([pair_video, graph.pair_user[pair_of_edge]]).unique(dim=1)
+        video_tag = torch.stack([pair_video, graph.pair_hashtag[pair_of_edge]]).unique(dim=1)
+        self.register_buffer("video_user", video_user, persistent=False)  # [2, E_vu]
+        self.register_buffer("video_tag", video_tag, persistent=False)    # [2, E_vh]
+        self.register_buffer("pair_index", torch.stack([graph.pair_user, graph.pair_hashtag]),
+                             persistent=False)                            # [2, P]
+        self.convs = nn.ModuleList(ReleasedConv(cfg.dim_latent, aggr=cfg.aggr_mode, heads=cfg.num_heads)
+                                   for _ in range(cfg.num_layers))
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        super().reset_parameters()
+        for conv in self.convs:
+            conv.reset_parameters()
+
+    def propagate(self, hidden_rows: Tensor | None = None) -> Reps:
+        z = self.video_repr()
+        x_user, x_tag = self.user_emb, self.tag_emb
+        for conv in self.convs:
+            x_user, x_tag, z = conv(x_user, x_tag, z, self.video_user, self.video_tag, self.pair_index)
+        return Reps(x_user, x_tag, z)
