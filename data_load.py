@@ -21,7 +21,6 @@ Run as a script: ``python data_load.py {convert,prepare,inspect} --help``.
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import os
 import shutil
@@ -235,17 +234,18 @@ def _validate(a: _Arrays, num_neg: int | None) -> None:
     for name in SPLITS:
         s, path = a.splits[name], src[name]
         users, videos, neg, ptr, pos = (s[k] for k in SPLIT_KEYS)
+        if users.ndim != 1 or videos.shape != users.shape or neg.ndim != 2 \
+                or neg.shape[0] != users.shape[0] or pos.ndim != 1:
+            raise _fail(path, None, "users [L], videos [L], negatives [L, N] and pos [sum k]",
+                        f"users {users.shape}, videos {videos.shape}, negatives {neg.shape}, pos {pos.shape}")
         lines = users.shape[0]
         if lines == 0:
             raise _fail(path, None, "at least one line", "an empty split")
-        if videos.shape != (lines,) or neg.ndim != 2 or neg.shape[0] != lines:
-            raise _fail(path, None, f"users [L], videos [L] and negatives [L, N] with L = {lines}",
-                        f"videos {videos.shape}, negatives {neg.shape}")
         if num_neg is not None and neg.shape[1] != num_neg:
             raise _fail(path, 0, f"exactly {num_neg} negatives per line", neg.shape[1])
         if ptr.shape != (lines + 1,) or ptr[0] != 0 or ptr[-1] != pos.shape[0]:
             raise _fail(path, None, f"pos_ptr of length {lines + 1} from 0 to {pos.shape[0]}",
-                        f"length {ptr.shape[0]}")
+                        f"length {ptr.shape[0]} from {ptr[:1].tolist()} to {ptr[-1:].tolist()}")
         k = np.diff(ptr)
         if (k < 1).any():
             raise _fail(path, int(np.flatnonzero(k < 1)[0]), "at least one positive hashtag", "none")
@@ -291,6 +291,11 @@ def _validate(a: _Arrays, num_neg: int | None) -> None:
     if a.vt_ptr.shape != (ids.num_video + 1,) or a.vt_ptr[0] != 0 or a.vt_ptr[-1] != a.vt_idx.shape[0]:
         raise _fail(src["video_hashtag"], None, f"one hashtag list per video ({ids.num_video})",
                     f"{a.vt_ptr.shape[0] - 1}")
+    shrink = np.flatnonzero(np.diff(a.vt_ptr) < 0)
+    if shrink.size:
+        raise _fail(src["video_hashtag"], int(shrink[0]), "a non-decreasing ptr (CSR)", "a negative count")
+    if a.vt_idx.ndim != 1:
+        raise _fail(src["video_hashtag"], None, "a 1-D idx", f"shape {a.vt_idx.shape}")
     if a.vt_idx.size:
         vt_line = np.repeat(np.arange(ids.num_video), np.diff(a.vt_ptr))
         bad = np.flatnonzero((a.vt_idx < ids.offset("hashtag")) | (a.vt_idx >= ids.offset("video")))
@@ -307,7 +312,9 @@ def _validate(a: _Arrays, num_neg: int | None) -> None:
             raise _fail(path, None, f"{ids.num_video} rows (one per video, in video order)",
                         f"{block.shape[0]} rows")
         for start in range(0, block.shape[0], _CHUNK):
-            finite = np.isfinite(block[start:start + _CHUNK]).all(axis=1)
+            with np.errstate(over="ignore"):                # stored and used as float32: check that
+                chunk = block[start:start + _CHUNK].astype(np.float32, copy=False)
+            finite = np.isfinite(chunk).all(axis=1)
             if not finite.all():
                 raise _fail(path, start + int(np.flatnonzero(~finite)[0]), "finite feature values",
                             "NaN or inf")
@@ -337,6 +344,8 @@ def _load_npy(path: Path, mmap: bool = False) -> np.ndarray:
 def _load_npz(path: Path, keys) -> dict:
     if not path.is_file():
         raise _fail(path, None, "an existing file", "it is missing")
+    if not zipfile.is_zipfile(path):
+        raise _fail(path, None, "a .npz (zip) archive", "another kind of file, or a truncated one")
     try:
         with np.load(path, allow_pickle=False) as npz:
             missing = [k for k in keys if k not in npz.files]
@@ -417,13 +426,22 @@ def _read_project(path: Path) -> _Arrays:
         meta = json.loads(meta_path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise _fail(meta_path, None, "valid JSON", str(err).splitlines()[0]) from None
+    if not isinstance(meta, dict):
+        raise _fail(meta_path, None, "a JSON object", type(meta).__name__)
     need = ("format_version", "num_user", "num_hashtag", "num_video", "num_neg", "features")
     missing = [k for k in need if k not in meta]
     if missing:
         raise _fail(meta_path, None, f"keys {list(need)}", f"{missing} missing")
     if meta["format_version"] != FORMAT_VERSION:
         raise _fail(meta_path, None, f"format_version {FORMAT_VERSION}", meta["format_version"])
-    ids = IdSpace(int(meta["num_user"]), int(meta["num_hashtag"]), int(meta["num_video"]))
+    counts = [meta[k] for k in need[1:5]]
+    if not all(isinstance(c, int) and c >= 0 for c in counts):
+        raise _fail(meta_path, None, f"non-negative integers {list(need[1:5])}", counts)
+    if not isinstance(meta["features"], list) or not all(
+            isinstance(f, dict) and {"name", "file", "dim"} <= f.keys() for f in meta["features"]):
+        raise _fail(meta_path, None, 'features: a list of {"name", "file", "dim"}',
+                    json.dumps(meta["features"])[:60])
+    ids = IdSpace(*counts[:3])
     src = {"train": path / "train.npy", "video_hashtag": path / "video_hashtag.npz"}
     train = _load_npy(src["train"])
     if train.dtype.kind not in "iu":
@@ -570,7 +588,8 @@ def _read_legacy(path: Path, allow_pickle: bool) -> _Arrays:
 
 
 def _is_legacy(path: Path) -> bool:
-    return not (path / "meta.json").exists() and (path / "user_list.txt").exists()
+    return not (path / "meta.json").exists() and not (path / "val.npz").exists() \
+        and (path / "user_list.txt").exists()
 
 
 def _read_any(path, allow_pickle: bool) -> _Arrays:
@@ -637,8 +656,7 @@ def _read_posts(path: Path):
                     repr(lines[0][:60]) if lines else "an empty file")
     videos, users, tags = [], [], []
     seen = {}
-    for lineno, line in enumerate(csv.reader(lines[1:], delimiter="\t", quoting=csv.QUOTE_NONE),
-                                  start=2):
+    for lineno, line in enumerate((text.split("\t") for text in lines[1:]), start=2):
         if len(line) != 3:
             raise _fail(path, lineno, "3 tab-separated fields (video, user, hashtags)", len(line))
         video, user, tag_field = (x.strip() for x in line)
@@ -690,6 +708,8 @@ def prepare(posts, features, out, seed: int, num_neg: int = 1000, source: str = 
     validation, the remainder to test; every held-out video gets ``num_neg`` negatives drawn
     uniformly without replacement from all hashtags not on it. Seeded: same inputs, same files.
     """
+    if num_neg < 1 or seed < 0:
+        raise DataError(f"prepare: expected num_neg >= 1 and seed >= 0, got num_neg {num_neg}, seed {seed}")
     posts = Path(posts)
     video_names, user_names_raw, tag_lists = _read_posts(posts)
     user, user_names = _index(user_names_raw)                          # [V]
@@ -706,7 +726,7 @@ def prepare(posts, features, out, seed: int, num_neg: int = 1000, source: str = 
                     "video it could not be a test user)")
     max_k = int(np.diff(vt_ptr).max())
     if num_h - max_k < num_neg:
-        raise _fail(posts, None, f"more than {num_neg} + {max_k} hashtags to draw {num_neg} negatives "
+        raise _fail(posts, None, f"at least {num_neg} + {max_k} hashtags to draw {num_neg} negatives "
                     "per line from (lower --num_neg)", f"{num_h} hashtags")
 
     blocks, src = [], {}
