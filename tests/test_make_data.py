@@ -1,0 +1,206 @@
+"""Tests of make_data.py: the synthetic generator (SPEC §2) on the ``tiny`` preset."""
+
+import dataclasses
+import json
+import time
+
+import numpy as np
+import pytest
+import torch
+
+import data_load
+import make_data
+
+TINY = make_data.PRESETS["tiny"]
+
+
+@pytest.fixture(scope="module")
+def tiny_build(tmp_path_factory):
+    """``tiny`` built with seed 0, with the legacy layout, and the seconds the build took."""
+    start = time.perf_counter()
+    out = make_data.build("tiny", tmp_path_factory.mktemp("seed0") / "tiny", seed=0, legacy=True)
+    return out, time.perf_counter() - start
+
+
+def _files(root):
+    """Relative path -> bytes of every file under ``root``."""
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_tiny_builds_in_seconds(tiny_build):
+    _, seconds = tiny_build
+    assert seconds < 10.0
+
+
+def test_same_seed_gives_identical_files(tiny_build, tmp_path):
+    out, _ = tiny_build
+    again = make_data.build("tiny", tmp_path / "tiny", seed=0, legacy=True)
+    first, second = _files(out), _files(again)
+    assert sorted(first) == sorted(second)
+    assert [name for name in first if first[name] != second[name]] == []
+
+
+def test_other_seed_gives_other_data(tiny_build, tmp_path):
+    out, _ = tiny_build
+    other = make_data.build("tiny", tmp_path / "tiny", seed=1)
+    for name in ("train.npy", "test.npz", "video_hashtag.npz", "features_visual.npy"):
+        assert (out / name).read_bytes() != (other / name).read_bytes(), name
+
+
+def test_meta_records_preset_counts_and_generator(tiny_build):
+    out, _ = tiny_build
+    meta = json.loads((out / "meta.json").read_text())
+    assert (meta["num_user"], meta["num_hashtag"], meta["num_video"], meta["num_neg"]) == (
+        TINY.num_user, TINY.num_hashtag, TINY.num_video, TINY.num_neg)
+    assert [(f["name"], f["dim"]) for f in meta["features"]] == list(
+        zip(make_data.MODALITIES, TINY.feature_dims))
+    gen = meta["generator"]
+    assert (gen["preset"], gen["seed"], meta["seed"]) == ("tiny", 0, 0)
+    assert gen["params"] == json.loads(json.dumps(dataclasses.asdict(TINY)))
+    assert set(gen["test_recall@10"]) == {"oracle", "content_only", "user_only", "userpop"}
+
+
+def test_dataset_structure(tiny_build):
+    ds = data_load.load_dataset(tiny_build[0])
+    per_video = np.diff(ds.video_tags_ptr.numpy())  # [V]
+    assert per_video.min() >= 1
+    assert 2.0 <= per_video.mean() <= 4.0
+    assert np.array_equal(np.unique(ds.video_tags.numpy()), np.arange(TINY.num_hashtag))  # all used
+    videos = np.concatenate([ds.train[:, 1].numpy(), ds.val.videos.numpy(), ds.test.videos.numpy()])
+    users = np.concatenate([ds.train[:, 0].numpy(), ds.val.users.numpy(), ds.test.users.numpy()])
+    _, first = np.unique(videos, return_index=True)
+    assert np.bincount(users[first], minlength=TINY.num_user).min() >= make_data.MIN_VIDEOS
+    assert len(first) == TINY.num_video
+
+
+def test_features_are_finite_unit_rows_of_the_right_dims(tiny_build):
+    ds = data_load.load_dataset(tiny_build[0])
+    assert [b.shape for b in ds.feature_blocks] == [(TINY.num_video, d) for d in TINY.feature_dims]
+    for block in ds.feature_blocks:
+        block = np.asarray(block)
+        assert block.dtype == np.float32 and np.isfinite(block).all()
+        np.testing.assert_allclose(np.linalg.norm(block, axis=1), 1.0, rtol=1e-5)
+
+
+def test_features_carry_the_topic(tiny_build):
+    """Videos whose hashtags share a topic have closer textual features than videos that share none."""
+    ds = data_load.load_dataset(tiny_build[0])
+    names = np.array(ds.hashtag_names)
+    topic = np.array([n.split("_")[0] for n in names])  # "t03", or "gen" for the generic block
+    ptr, tags = ds.video_tags_ptr.numpy(), ds.video_tags.numpy()
+    first_topic = np.array([next((t for t in topic[tags[ptr[v]:ptr[v + 1]]] if t != "gen"), "gen")
+                            for v in range(ds.num_video)])
+    text = np.asarray(ds.feature_blocks[2])
+    sim = text @ text.T  # [V, V]
+    same = first_topic[:, None] == first_topic[None, :]
+    assert sim[same].mean() > sim[~same].mean() + 0.3
+
+
+def test_oracle_beats_content_only_and_user_only(tiny_build):
+    recall = json.loads((tiny_build[0] / "meta.json").read_text())["generator"]["test_recall@10"]
+    assert recall["oracle"] >= 0.9
+    assert recall["oracle"] > recall["content_only"] + 0.1
+    assert recall["oracle"] > recall["user_only"] + 0.1
+
+
+def test_reference_recalls_match_a_direct_computation(tiny_build):
+    """The stored oracle figure is the Recall@10 of log P(h | u, v) written out by hand here."""
+    out, _ = tiny_build
+    ds = data_load.load_dataset(out)
+    rng = np.random.default_rng(0)
+    world = make_data.sample_world(TINY, rng)
+    vids = make_data.sample_videos(TINY, world, rng)
+    # local -> generator ids through the names written to posts.tsv
+    user = np.array([int(n[1:]) for n in ds.user_names])
+    video = np.array([int(n[1:]) for n in ds.video_names])
+    tag_index = {n: i for i, n in enumerate(make_data.tag_names(world))}
+    tag = np.array([tag_index[n] for n in ds.hashtag_names])
+    lam, sig = TINY.personal_weight, TINY.generic_weight
+    hits = []
+    for line in range(len(ds.test)):  # a plain loop: an independent check of the vectorised code
+        u, v = user[int(ds.test.users[line])], video[int(ds.test.videos[line])]
+        pos = ds.test.pos[ds.test.pos_ptr[line]:ds.test.pos_ptr[line + 1]].numpy()
+        cand = np.concatenate([ds.test.negatives[line].numpy(), pos])
+        scores = []
+        for h in tag[cand]:
+            t = world.tag_topic[h]
+            slot = list(world.user_topic[u]).index(t) if t in world.user_topic[u] else None
+            pers = 0.0 if slot is None else world.personal_w[slot][world.personal[u, slot] == h].sum()
+            in_block = lam * pers + (1 - lam) * world.tag_pop[h]
+            weight = sig if t == TINY.num_topic else (1 - sig) * vids.mix[v][vids.topics[v] == t].sum()
+            scores.append(weight * in_block)
+        scores = np.array(scores)
+        is_pos = np.arange(len(cand)) >= len(cand) - len(pos)
+        above = [(scores[~is_pos] >= s).sum() + (scores[is_pos] > s).sum() for s in scores[is_pos]]
+        hits.append(np.mean(np.array(above) < 10))
+    stored = json.loads((out / "meta.json").read_text())["generator"]["test_recall@10"]["oracle"]
+    assert stored == pytest.approx(np.mean(hits), abs=1e-3)
+
+
+def test_legacy_layout_reads_back_to_the_same_data(tiny_build):
+    out, _ = tiny_build
+    project = data_load.load_dataset(out)
+    legacy = data_load.load_dataset(out / "legacy", allow_pickle=True)
+    assert torch.equal(project.train, legacy.train)
+    for a, b in ((project.val, legacy.val), (project.test, legacy.test)):
+        for field in ("users", "videos", "negatives", "pos_ptr", "pos"):
+            assert torch.equal(getattr(a, field), getattr(b, field)), field
+    assert torch.equal(project.video_tags_ptr, legacy.video_tags_ptr)
+    assert torch.equal(project.video_tags, legacy.video_tags)
+    assert torch.equal(project.features(), legacy.features())
+    assert (project.user_names, project.hashtag_names, project.video_names) == (
+        legacy.user_names, legacy.hashtag_names, legacy.video_names)
+
+
+def test_ensure_builds_once_then_reuses(tmp_path, monkeypatch):
+    out = make_data.ensure("tiny", root=tmp_path, seed=3)
+    assert out == tmp_path / "tiny"
+    stamp = (out / "meta.json").stat().st_mtime_ns
+
+    def no_rebuild(*args, **kwargs):
+        raise AssertionError("ensure rebuilt a dataset it should have reused")
+
+    monkeypatch.setattr(make_data, "build", no_rebuild)
+    assert make_data.ensure("tiny", root=tmp_path, seed=3) == out
+    assert (out / "meta.json").stat().st_mtime_ns == stamp
+    monkeypatch.undo()
+    make_data.ensure("tiny", root=tmp_path, seed=4)  # another seed: rebuilt in place
+    assert json.loads((out / "meta.json").read_text())["generator"]["seed"] == 4
+
+
+def test_ensure_rebuilds_a_stale_dataset(tmp_path):
+    out = make_data.ensure("tiny", root=tmp_path)
+    meta = json.loads((out / "meta.json").read_text())
+    meta["generator"]["params"]["personal_weight"] = 0.5  # made by another version of the generator
+    (out / "meta.json").write_text(json.dumps(meta))
+    make_data.ensure("tiny", root=tmp_path)
+    assert json.loads((out / "meta.json").read_text())["generator"]["params"]["personal_weight"] == (
+        TINY.personal_weight)
+
+
+@pytest.mark.parametrize("meta", [None, {"source": "prepare"}])
+def test_ensure_refuses_to_replace_a_foreign_directory(tmp_path, meta):
+    (tmp_path / "tiny").mkdir()
+    if meta is not None:
+        (tmp_path / "tiny" / "meta.json").write_text(json.dumps(meta))
+    with pytest.raises(data_load.DataError, match="generator"):
+        make_data.ensure("tiny", root=tmp_path)
+    assert (tmp_path / "tiny").is_dir()
+
+
+def test_build_refuses_an_existing_directory_without_overwrite(tiny_build):
+    with pytest.raises(data_load.DataError, match="existing"):
+        make_data.build("tiny", tiny_build[0], seed=0)
+
+
+def test_preset_rejects_impossible_sizes():
+    with pytest.raises(ValueError, match="num_video"):
+        dataclasses.replace(TINY, num_video=TINY.num_user * make_data.MIN_VIDEOS - 1)
+    with pytest.raises(ValueError, match="hashtags per block"):
+        dataclasses.replace(TINY, num_hashtag=TINY.num_topic * 3)
+
+
+def test_cli(tmp_path, capsys):
+    assert make_data.main(["--preset", "tiny", "--out", str(tmp_path / "d"), "--seed", "2"]) == 0
+    assert "users 30" in capsys.readouterr().out
+    assert json.loads((tmp_path / "d" / "meta.json").read_text())["generator"]["seed"] == 2

@@ -1,0 +1,152 @@
+"""Tests of model.py and the reference rankers: parameters, gradients, scoring, hidden rows."""
+
+import dataclasses
+
+import pytest
+import torch
+
+import train
+from data_load import build_pair_graph
+from model import GCNPHR, Config, ReleasedGCN, UserScorer
+
+TRAINABLE = ("gcn_phr", "released", "content", "mf")
+
+
+def _cfg(**kw):
+    return Config(dim_latent=16, **kw)
+
+
+def _batch(ds, n=64, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    rows = torch.randperm(len(ds.train), generator=gen)[:n]
+    users, videos, pos = ds.train[rows].unbind(1)
+    neg = train.NegativeSampler(ds.train, ds.num_hashtag, 0.0, gen).sample()[rows]
+    return users, videos, pos, neg, rows
+
+
+@pytest.mark.parametrize("name", TRAINABLE)
+def test_every_learnable_is_registered_and_gets_a_gradient(tiny, name):
+    torch.manual_seed(0)
+    model = train.build_model(_cfg(model_name=name), tiny)
+    params = dict(model.named_parameters())
+    if name in ("gcn_phr", "released"):
+        assert "user_emb" in params and "tag_emb" in params       # the release never trained these
+    model.loss(*_batch(tiny)).backward()
+    no_grad = [n for n, p in params.items() if p.grad is None or not p.grad.abs().sum() > 0]
+    assert no_grad == []
+    state = model.state_dict()
+    assert set(state) == set(params)                              # features and graph are not saved
+    assert all(not n.startswith("g_") for n in state)
+
+
+def test_default_config_builds_every_layer():
+    # a model built from the default config has L layers and the scoring MLP of 'cat'
+    cfg = Config()
+    graph = build_pair_graph(torch.tensor([[0, 0, 0], [0, 1, 1], [1, 1, 0]]), 2, 2, 3)
+    model = GCNPHR(cfg, graph, torch.rand(3, 5))
+    assert len(model.convs) == cfg.num_layers == 2
+    assert model.scoring.v2 is not None and model.user_emb.shape == (2, 64)
+    assert sum(p.numel() for p in model.parameters()) == sum(
+        p.numel() for m in model.modules() for p in m.parameters(recurse=False))
+
+
+@pytest.mark.parametrize("name", TRAINABLE)
+def test_loss_falls_over_a_few_steps(tiny, name):
+    torch.manual_seed(0)
+    model = train.build_model(_cfg(model_name=name, weight_decay=0.0), tiny)
+    opt = torch.optim.Adam(model.parameters(), lr=0.01)
+    batch = _batch(tiny, n=256)
+    losses = []
+    for _ in range(25):
+        loss = model.loss(*batch)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.8 * losses[0]
+
+
+@pytest.mark.parametrize("mode", ["cat", "fully_con"])
+def test_evaluation_scores_equal_training_scores(mode):
+    # one scoring function: the split first layer used for candidates equals the concatenated one
+    torch.manual_seed(0)
+    scorer = UserScorer(8, mode)
+    u, v, h = torch.randn(5, 8), torch.randn(5, 8), torch.randn(5, 3, 8)
+    per_candidate = torch.stack([scorer(u, v, h[:, c]) for c in range(3)], dim=1)   # [5, 3]
+    h_bar_input = torch.cat([h, u.unsqueeze(1).expand(-1, 3, -1)], dim=-1)           # [5, 3, 16]
+    first = torch.nn.functional.leaky_relu(scorer.h1(h_bar_input), 0.01)
+    h_bar = first if mode == "fully_con" else torch.nn.functional.leaky_relu(scorer.h2(first), 0.01)
+    v_in = torch.nn.functional.leaky_relu(scorer.v1(torch.cat([v, u], -1)), 0.01)
+    v_bar = v_in if mode == "fully_con" else torch.nn.functional.leaky_relu(scorer.v2(v_in), 0.01)
+    brute = (v_bar.unsqueeze(1) * h_bar).sum(-1)
+    torch.testing.assert_close(scorer(u, v, h), per_candidate)
+    torch.testing.assert_close(scorer(u, v, h), brute)
+    assert (mode == "cat") == (scorer.v2 is not None)
+
+
+def test_scorer_matches_loss_path(tiny):
+    torch.manual_seed(0)
+    model = train.build_model(_cfg(), tiny).eval()
+    users, videos, pos, _, _ = _batch(tiny, n=8)
+    with torch.no_grad():
+        reps = model.propagate()
+        direct = model.scoring(reps.user[users], reps.video[videos], reps.tag[pos])
+        via_eval = model.scorer()(users, videos, pos.unsqueeze(1)).squeeze(1)
+    torch.testing.assert_close(direct, via_eval)
+
+
+def test_hidden_rows_equal_a_graph_without_them(tiny):
+    # hiding a batch's rows during propagation = propagating a graph built without those rows
+    torch.manual_seed(0)
+    cfg = _cfg(hide_own_rows=True)
+    full = GCNPHR(cfg, tiny.graph, tiny.features())
+    rows = torch.arange(0, len(tiny.train), 7)
+    keep = torch.ones(len(tiny.train), dtype=torch.bool)
+    keep[rows] = False
+    reduced = GCNPHR(cfg, build_pair_graph(tiny.train[keep], tiny.num_user, tiny.num_hashtag, tiny.num_video),
+                     tiny.features())
+    reduced.load_state_dict(full.state_dict())
+    with torch.no_grad():
+        hidden, rebuilt, shown = full.propagate(rows), reduced.propagate(), full.propagate()
+    torch.testing.assert_close(hidden.user, rebuilt.user)
+    torch.testing.assert_close(hidden.tag, rebuilt.tag)
+    assert not torch.allclose(hidden.user, shown.user)
+
+
+def test_aggr_and_scoring_modes_change_the_model(tiny):
+    outs = {}
+    for aggr in ("mean", "max", "add"):
+        torch.manual_seed(0)
+        model = GCNPHR(_cfg(aggr_mode=aggr), tiny.graph, tiny.features())
+        with torch.no_grad():
+            outs[aggr] = model.propagate().user
+    assert not torch.allclose(outs["mean"], outs["max"])
+    assert not torch.allclose(outs["mean"], outs["add"])
+    cat = GCNPHR(_cfg(scoring_mode="cat"), tiny.graph, tiny.features())
+    fc = GCNPHR(_cfg(scoring_mode="fully_con"), tiny.graph, tiny.features())
+    assert sum(p.numel() for p in cat.parameters()) > sum(p.numel() for p in fc.parameters())
+
+
+def test_released_variant_uses_num_layers_and_heads(tiny):
+    model = ReleasedGCN(_cfg(num_layers=3, num_heads=2), tiny.graph, tiny.features())
+    assert len(model.convs) == 3 and model.convs[0].heads == 2
+    edges = model.video_user
+    assert edges.shape[0] == 2 and edges.unique(dim=1).shape == edges.shape
+
+
+def test_userpop_counts_the_users_own_hashtags(tiny):
+    model = train.build_model(Config(model_name="userpop"), tiny)
+    score = model.scorer()
+    u = int(tiny.train[0, 0])
+    own = tiny.train[tiny.train[:, 0] == u]
+    tags, counts = own[:, 2].unique(return_counts=True)
+    got = score(torch.tensor([u]), torch.tensor([0]), tags.unsqueeze(0))[0]
+    torch.testing.assert_close(got.floor(), counts.float())
+    unused = torch.tensor([[h for h in range(tiny.num_hashtag) if h not in set(tags.tolist())][:5]])
+    assert (score(torch.tensor([u]), torch.tensor([0]), unused) < 1).all()
+
+
+def test_config_rejects_bad_values():
+    for bad in ({"aggr_mode": "median"}, {"topk": "5,x"}, {"topk": "5"}, {"l_r": 0.0}, {"dropout": 1.0}):
+        with pytest.raises(ValueError):
+            dataclasses.replace(Config(), **bad).validate()
