@@ -38,7 +38,7 @@ class Config:
 
     # ---- the release's command line (SPEC §7) ----
     model_name: str = _opt("gcn_phr", "which ranker to train", choices=(
-        "gcn_phr", "released", "pop", "userpop", "content", "mf"))
+        "gcn_phr", "released", "pop", "userpop", "content", "mf", "utm", "contagnet", "csmn", "ushm"))
     data_path: str = _opt("", "dataset directory (project format, or legacy with --allow_pickle); "
                           "empty: build and use the synthetic 'small' preset under data/")
     l_r: float = _opt(1e-3, "Adam learning rate")
@@ -68,6 +68,14 @@ class Config:
     hide_own_rows: bool = _opt(False, "hide a batch's own training rows from its message passing, "
                                "so the graph cannot give the positive away")
     dropout: float = _opt(0.0, "dropout on node and video representations before scoring")
+    # ---- the paper's baselines (SPEC §4; baselines.py) ----
+    loss: str = _opt("native", "training loss of a baseline: native = its own paper's (UTM WARP, ConTagNet "
+                     "multi-label sigmoid cross-entropy, CSMN sequence cross-entropy, USHM softmax "
+                     "cross-entropy), bpr = BPR on the shared (h+, h-) rows; GCN-PHR and the reference "
+                     "rankers always use BPR", choices=("native", "bpr"))
+    baseline_size: str = _opt("paper", "widths of ConTagNet and CSMN: paper = the original papers', "
+                              "small = a CPU setting (see their docstrings); UTM and USHM are the same "
+                              "in both", choices=("paper", "small"))
 
     @property
     def ks(self) -> tuple[int, ...]:
@@ -100,7 +108,8 @@ class Ranker(nn.Module):
     trainable = True
 
     def loss(self, users: Tensor, videos: Tensor, pos: Tensor, neg: Tensor, rows: Tensor) -> Tensor:
-        """BPR loss of SPEC §3 summed over the batch (``rows``: the batch's training-row ids)."""
+        """The training loss summed over the batch: BPR (SPEC §3) for GCN-PHR, each baseline's own loss or BPR
+        (``Config.loss``) for the baselines. ``rows`` are the batch's training-row ids."""
         raise NotImplementedError
 
     def scorer(self) -> ScoreFn:

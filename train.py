@@ -1,4 +1,4 @@
-"""Train and evaluate GCN-PHR or a reference ranker (SPEC §3 training, §5 evaluation, §7 command line).
+"""Train and evaluate GCN-PHR, the release's variant or a baseline (SPEC §3 training, §5 evaluation, §7 command line).
 
 ``python train.py`` with no flags builds (once, under ``data/``) the synthetic ``small`` preset, trains
 GCN-PHR on it with the release's hyperparameters, and prints one line per epoch and a final test table.
@@ -29,7 +29,7 @@ from torch import Tensor
 from tqdm import tqdm
 
 import evaluation
-from baselines import ContentModel, MatrixFactorization, Popularity, UserPopularity
+from baselines import PAPER_BASELINES, ContentModel, MatrixFactorization, Popularity, UserPopularity
 from data_load import DataError, Dataset, load_dataset, write_json_atomic
 from model import GCNPHR, Config, Ranker, ReleasedGCN
 
@@ -95,6 +95,8 @@ def build_model(cfg: Config, ds: Dataset, features: Tensor | None = None) -> Ran
     features = ds.features() if features is None else features
     if name == "content":
         return ContentModel(cfg, features, ds.num_hashtag)
+    if name in PAPER_BASELINES:
+        return PAPER_BASELINES[name](cfg, ds.train, features, num_user=ds.num_user, num_hashtag=ds.num_hashtag)
     cls = {"gcn_phr": GCNPHR, "released": ReleasedGCN}[name]
     return cls(cfg, ds.graph, features)
 
