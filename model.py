@@ -1,4 +1,5 @@
-"""GCN-PHR (SPEC §3), the release's own architecture (SPEC §3.1) and their shared configuration.
+"""GCN-PHR (SPEC §3), its homogeneous-graph ablation (SPEC §3.2), the release's own architecture
+(SPEC §3.1) and their shared configuration.
 
 The model only composes: message passing lives in ``gcn_layers.py``, the optimiser and the loop in
 ``train.py``. Every ranker in the project (``model.py`` and ``baselines.py``) follows one interface,
@@ -18,8 +19,9 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch_geometric.nn import GCNConv
 
-from data_load import PairGraph
+from data_load import IdSpace, PairGraph
 from gcn_layers import NEGATIVE_SLOPE, PHRConv, ReleasedConv
 
 ScoreFn = Callable[[Tensor, Tensor, Tensor], Tensor]
@@ -62,11 +64,21 @@ class Config:
     patience: int = _opt(10, "stop after this many epochs without a better validation Recall@10 "
                          "(0: never)")
     eval_batch_size: int = _opt(1024, "val/test lines scored at once")
+    # ---- ablations (SPEC §3.2) ----
+    attention: str = _opt("on", "GCN-PHR's attention over V(p): on = learned, off = uniform weights",
+                          choices=("on", "off"))
+    messages: str = _opt("both", "GCN-PHR's messages: both; video = no hashtag–user messages (W_t dropped); "
+                         "hashtag = no video messages (W_m dropped)", choices=("both", "video", "hashtag"))
+    graph: str = _opt("pairs", "GCN-PHR's graph: pairs = the user–hashtag pair graph; homogeneous = one "
+                      "plain GCN over all user–video, hashtag–video and user–hashtag edges",
+                      choices=("pairs", "homogeneous"))
     # ---- learning knobs; defaults are the faithful values (README: 'What makes it learn') ----
-    neg_pop_exponent: float = _opt(0.0, "training negatives drawn with P(h) ∝ count(h)^β over "
-                                   "training hashtags; 0 = uniform (the paper)")
-    hide_own_rows: bool = _opt(False, "hide a batch's own training rows from its message passing, "
-                               "so the graph cannot give the positive away")
+    neg_pop_share: float = _opt(0.0, "share of training negatives drawn in proportion to hashtag popularity; "
+                                "the rest are uniform over training hashtags (0 = the paper's uniform draw)")
+    hide_own: str = _opt("none", "what a training batch hides from its own message passing: none (the "
+                         "release), rows (the batch's rows), videos (every edge of the batch's videos, so a "
+                         "training video is as new to the graph as a test video)",
+                         choices=("none", "rows", "videos"))
     dropout: float = _opt(0.0, "dropout on node and video representations before scoring")
     # ---- the paper's baselines (SPEC §4; baselines.py) ----
     loss: str = _opt("native", "training loss of a baseline: native = its own paper's (UTM WARP, ConTagNet "
@@ -91,8 +103,21 @@ class Config:
         for name in positive:
             if getattr(self, name) <= 0:
                 raise ValueError(f"--{name}: expected a positive value, got {getattr(self, name)}")
-        if self.weight_decay < 0 or self.patience < 0 or not 0 <= self.dropout < 1:
-            raise ValueError("--weight_decay and --patience must be ≥ 0 and --dropout in [0, 1)")
+        if self.weight_decay < 0 or self.patience < 0 or not 0 <= self.dropout < 1 \
+                or not 0 <= self.neg_pop_share <= 1:
+            raise ValueError("--weight_decay and --patience must be ≥ 0, --dropout in [0, 1) and "
+                             "--neg_pop_share in [0, 1]")
+        ablated = [f"--{f.name} {getattr(self, f.name)}" for f in fields(self)
+                   if f.name in ("attention", "messages", "graph") and getattr(self, f.name) != f.default]
+        if ablated and self.model_name != "gcn_phr":
+            raise ValueError(f"{ablated[0]}: an ablation of GCN-PHR, expected --model_name gcn_phr, "
+                             f"got {self.model_name!r}")
+        if self.hide_own != "none" and self.model_name != "gcn_phr":
+            raise ValueError(f"--hide_own {self.hide_own}: hides edges of GCN-PHR's graph, expected "
+                             f"--model_name gcn_phr, got {self.model_name!r}")
+        if self.graph == "homogeneous" and len(ablated) > 1:
+            raise ValueError(f"{ablated[0]}: the homogeneous graph is a plain GCN without attention or "
+                             "message terms; leave --attention on and --messages both")
         try:
             ks = self.ks
         except ValueError:
@@ -208,6 +233,9 @@ class _GraphRanker(Ranker):
             if isinstance(value, Tensor):
                 self.register_buffer(f"g_{f.name}", value, persistent=False)
         self._graph_shape = (graph.num_user, graph.num_hashtag, graph.num_video)
+        row_video = torch.empty_like(graph.row_pair)
+        row_video[graph.pv_row] = graph.pv_video
+        self.register_buffer("row_video", row_video, persistent=False)  # [R] video of each training row
 
     def reset_parameters(self) -> None:
         nn.init.xavier_uniform_(self.user_emb)
@@ -230,8 +258,18 @@ class _GraphRanker(Ranker):
     def propagate(self, hidden_rows: Tensor | None = None) -> Reps:
         raise NotImplementedError
 
+    def hidden_rows(self, videos: Tensor, rows: Tensor) -> Tensor | None:
+        """The training rows a batch hides from its own propagation (``Config.hide_own``)."""
+        if self.cfg.hide_own == "rows":
+            return rows
+        if self.cfg.hide_own == "videos":
+            hidden = torch.zeros(self._graph_shape[2], dtype=torch.bool, device=videos.device)
+            hidden[videos] = True                                           # [V]
+            return hidden[self.row_video].nonzero().squeeze(1)              # [B'] every row of those videos
+        return None
+
     def loss(self, users, videos, pos, neg, rows):
-        reps = self.propagate(rows if self.cfg.hide_own_rows else None)
+        reps = self.propagate(self.hidden_rows(videos, rows))
         u, v = reps.user[users], reps.video[videos]                    # [B, d]
         s_pos = self.scoring(u, v, reps.tag[pos])                       # [B]
         s_neg = self.scoring(u, v, reps.tag[neg])                       # [B]
@@ -261,14 +299,15 @@ class GCNPHR(_GraphRanker):
 
     Args:
         cfg (Config): ``dim_latent``, ``num_layers``, ``aggr_mode``, ``scoring_mode``,
-            ``hide_own_rows``, ``dropout``.
+            ``hide_own``, ``dropout`` and the ablations ``attention``, ``messages`` (SPEC §3.2).
         graph (PairGraph): the training pair graph (kept as non-persistent buffers).
         features (Tensor): ``[V, F]`` video features (a non-persistent buffer).
     """
 
     def __init__(self, cfg: Config, graph: PairGraph, features: Tensor) -> None:
         super().__init__(cfg, graph, features)
-        self.convs = nn.ModuleList(PHRConv(cfg.dim_latent, aggr=cfg.aggr_mode)
+        self.convs = nn.ModuleList(PHRConv(cfg.dim_latent, aggr=cfg.aggr_mode, attention=cfg.attention == "on",
+                                           messages=cfg.messages)
                                    for _ in range(cfg.num_layers))
         self.reset_parameters()
 
@@ -322,4 +361,76 @@ class ReleasedGCN(_GraphRanker):
         x_user, x_tag = self.user_emb, self.tag_emb
         for conv in self.convs:
             x_user, x_tag, z = conv(x_user, x_tag, z, self.video_user, self.video_tag, self.pair_index)
+        return Reps(x_user, x_tag, z)
+
+
+class HomogeneousGCN(_GraphRanker):
+    r"""The "homogeneous graph" ablation of GCN-PHR (SPEC §3.2): one plain GCN (Kipf & Welling, ICLR 2017)
+    over a single node set of users, hashtags and videos, joined by every user–video, hashtag–video and
+    user–hashtag edge of the training rows, instead of the pair graph and its attention.
+
+    .. math::
+        \mathbf{X}^0 = [\mathbf{E}_{user} \,\|\, \mathbf{E}_{tag} \,\|\, \mathbf{Z}], \qquad
+        \mathbf{X}^l = \mathrm{LReLU}\big(\hat{\mathbf{D}}^{-1/2} \hat{\mathbf{A}} \hat{\mathbf{D}}^{-1/2}
+        \mathbf{X}^{l-1} \mathbf{W}^l + \mathbf{b}^l\big), \quad l = 1 \dots L
+
+    with :math:`\hat{\mathbf{A}} = \mathbf{A} + \mathbf{I}` (``GCNConv``: unweighted undirected edges,
+    self-loops, symmetric normalisation). Nodes follow the global id order of ``data_load.IdSpace``
+    (users, hashtags, videos). Users and hashtags are scored with their layer-L rows, videos with
+    :math:`\mathbf{z}_v` as in GCN-PHR: val/test videos are not in the training graph, and a training
+    video's propagated row would carry its own hashtags. Scoring and loss are GCN-PHR's; with
+    ``hide_own`` an edge is dropped when every training row behind it is hidden.
+
+    Args:
+        cfg (Config): ``dim_latent``, ``num_layers``, ``scoring_mode``, ``hide_own``, ``dropout``.
+        graph (PairGraph): the training pair graph, from which the edges are read.
+        features (Tensor): ``[V, F]`` video features (a non-persistent buffer).
+
+    Shapes: N_e distinct undirected edges, each stored once (``edge_ends`` [2, N_e]) and sent both ways.
+    """
+
+    def __init__(self, cfg: Config, graph: PairGraph, features: Tensor) -> None:
+        super().__init__(cfg, graph, features)
+        ids = IdSpace(graph.num_user, graph.num_hashtag, graph.num_video)
+        num_nodes = graph.num_user + graph.num_hashtag + graph.num_video
+        pair = torch.repeat_interleave(torch.arange(graph.num_pairs), graph.pv_ptr.diff())   # [E]
+        user = ids.to_global("user", graph.pair_user[pair])                                  # [E]
+        tag = ids.to_global("hashtag", graph.pair_hashtag[pair])                             # [E]
+        video = ids.to_global("video", graph.pv_video)                                       # [E]
+        src = torch.cat([user, tag, user])                                                   # [3E]
+        dst = torch.cat([video, video, tag])                                                 # [3E]
+        keys, edge_of = torch.unique(src * num_nodes + dst, return_inverse=True)             # [N_e], [3E]
+        row_edges = torch.empty(graph.row_pair.numel(), 3, dtype=torch.long)                 # [R, 3]
+        row_edges[graph.pv_row] = edge_of.view(3, -1).T                                      # [E, 3]
+        self.register_buffer("edge_ends", torch.stack([keys // num_nodes, keys % num_nodes]),
+                             persistent=False)                                               # [2, N_e]
+        self.register_buffer("edge_support", torch.bincount(edge_of, minlength=keys.numel()),
+                             persistent=False)                                               # [N_e] rows per edge
+        self.register_buffer("row_edges", row_edges, persistent=False)
+        self.convs = nn.ModuleList(GCNConv(cfg.dim_latent, cfg.dim_latent) for _ in range(cfg.num_layers))
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        super().reset_parameters()
+        for conv in self.convs:
+            conv.reset_parameters()
+
+    def edge_index(self, hidden_rows: Tensor | None = None) -> Tensor:
+        """``[2, 2 N_e']`` both directions of every edge that a visible training row supports
+        (``hidden_rows`` ``[B]``: the rows to hide; None: every edge)."""
+        ends = self.edge_ends                                                                # [2, N_e]
+        if hidden_rows is not None:
+            hidden = torch.bincount(self.row_edges[hidden_rows].flatten(),
+                                    minlength=self.edge_support.numel())                     # [N_e]
+            ends = ends[:, hidden < self.edge_support]                                       # [2, N_e']
+        return torch.cat([ends, ends.flip(0)], dim=1)
+
+    def propagate(self, hidden_rows: Tensor | None = None) -> Reps:
+        """Full-graph propagation; ``hidden_rows`` ``[B]`` removes the edges only those rows support."""
+        edge_index = self.edge_index(hidden_rows)                                            # [2, 2 N_e']
+        z = self.video_repr()                                                                # [V, d]
+        x = torch.cat([self.user_emb, self.tag_emb, z])                                      # [U+H+V, d]
+        for conv in self.convs:
+            x = F.leaky_relu(conv(x, edge_index), NEGATIVE_SLOPE)
+        x_user, x_tag, _ = x.split(list(self._graph_shape))                                  # [U, d], [H, d], [V, d]
         return Reps(x_user, x_tag, z)

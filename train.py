@@ -8,8 +8,9 @@ The release's command line is accepted as is::
         --aggr_mode='mean' --scoring_mode='cat'
 
 A run directory (``--out``, default ``runs/<model>-<dataset>-s<seed>-<time>``) receives ``config.json``,
-``metrics.csv`` (one row per epoch), ``best.pt`` (the best-validation weights) and ``results.json``
-(test metrics at the best validation epoch, seed, time taken).
+``metrics.csv`` (one row per epoch), ``best.pt`` (the best-validation weights), ``test_per_line.npz``
+(every test line's metrics there, for paired significance tests) and ``results.json`` (test metrics at
+the best validation epoch, seed, time taken).
 
 Shape legend: R training rows, B batch, H hashtags, V videos, d latent dim.
 """
@@ -24,6 +25,7 @@ import time
 from dataclasses import MISSING, asdict, fields
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import Tensor
 from tqdm import tqdm
@@ -31,7 +33,7 @@ from tqdm import tqdm
 import evaluation
 from baselines import PAPER_BASELINES, ContentModel, MatrixFactorization, Popularity, UserPopularity
 from data_load import DataError, Dataset, load_dataset, write_json_atomic
-from model import GCNPHR, Config, Ranker, ReleasedGCN
+from model import GCNPHR, Config, HomogeneousGCN, Ranker, ReleasedGCN
 
 DEFAULT_PRESET = "small"
 
@@ -97,6 +99,8 @@ def build_model(cfg: Config, ds: Dataset, features: Tensor | None = None) -> Ran
         return ContentModel(cfg, features, ds.num_hashtag)
     if name in PAPER_BASELINES:
         return PAPER_BASELINES[name](cfg, ds.train, features, num_user=ds.num_user, num_hashtag=ds.num_hashtag)
+    if name == "gcn_phr" and cfg.graph == "homogeneous":
+        return HomogeneousGCN(cfg, ds.graph, features)
     cls = {"gcn_phr": GCNPHR, "released": ReleasedGCN}[name]
     return cls(cfg, ds.graph, features)
 
@@ -104,14 +108,15 @@ def build_model(cfg: Config, ds: Dataset, features: Tensor | None = None) -> Ran
 class NegativeSampler:
     """One negative hashtag per training row (SPEC §3), redrawn each call, vectorised.
 
-    Drawn from the hashtags seen in training with P(h) ∝ count(h)^β (β = ``exponent``; 0 is the
-    paper's uniform draw), excluding the hashtags of the row's own video (rejection, redrawing only
-    the rejected entries).
+    Drawn from the hashtags seen in training, a share ``pop_share`` of them in proportion to popularity
+    and the rest uniformly (``pop_share = 0`` is the paper's uniform draw), excluding the hashtags of the
+    row's own video (rejection, redrawing only the rejected entries).
     """
 
-    def __init__(self, train: Tensor, num_hashtag: int, exponent: float, generator: torch.Generator):
-        count = torch.bincount(train[:, 2], minlength=num_hashtag).double()
-        self.prob = torch.where(count > 0, count.pow(exponent), 0.0)              # [H]
+    def __init__(self, train: Tensor, num_hashtag: int, pop_share: float, generator: torch.Generator):
+        count = torch.bincount(train[:, 2], minlength=num_hashtag).double()       # [H]
+        seen = (count > 0).double()
+        self.prob = (1 - pop_share) * seen / seen.sum() + pop_share * count / count.sum()   # [H]
         self.num_hashtag = num_hashtag
         self.videos = train[:, 1]
         self.own = torch.unique(train[:, 1] * num_hashtag + train[:, 2])         # sorted (video, tag) keys
@@ -172,7 +177,7 @@ def run(cfg: Config, out: Path, device: torch.device, allow_pickle: bool = False
     best = {"epoch": 0, "recall@10": -1.0}
     if model.trainable:
         gen = torch.Generator().manual_seed(cfg.seed)
-        sampler = NegativeSampler(ds.train, ds.num_hashtag, cfg.neg_pop_exponent, gen)
+        sampler = NegativeSampler(ds.train, ds.num_hashtag, cfg.neg_pop_share, gen)
         optimizer = torch.optim.Adam(model.parameters(), lr=cfg.l_r, weight_decay=cfg.weight_decay)
         train_rows = ds.train.to(device)
         epochs, stale = cfg.num_epoch, 0
@@ -226,7 +231,9 @@ def run(cfg: Config, out: Path, device: torch.device, allow_pickle: bool = False
     load_weights(model, out / "best.pt")
     model.eval()
     with torch.no_grad():
-        test = evaluate(ds.test)
+        test = evaluation.evaluate(ds.test, model.scorer(), ks=ks, batch_size=cfg.eval_batch_size, device=device,
+                                   per_line=True)
+    np.savez(out / "test_per_line.npz", **{name: v.numpy() for name, v in test.pop("per_line").items()})
     if cfg.PATH_weight_save:
         save_weights(model, cfg, Path(cfg.PATH_weight_save), epoch=best["epoch"])
     results = {"model_name": cfg.model_name, "data": str(data), "seed": cfg.seed,

@@ -98,7 +98,7 @@ def test_scorer_matches_loss_path(tiny):
 def test_hidden_rows_equal_a_graph_without_them(tiny):
     # hiding a batch's rows during propagation = propagating a graph built without those rows
     torch.manual_seed(0)
-    cfg = _cfg(hide_own_rows=True)
+    cfg = _cfg(hide_own="rows")
     full = GCNPHR(cfg, tiny.graph, tiny.features())
     rows = torch.arange(0, len(tiny.train), 7)
     keep = torch.ones(len(tiny.train), dtype=torch.bool)
@@ -147,6 +147,7 @@ def test_userpop_counts_the_users_own_hashtags(tiny):
 
 
 def test_config_rejects_bad_values():
-    for bad in ({"aggr_mode": "median"}, {"topk": "5,x"}, {"topk": "5"}, {"l_r": 0.0}, {"dropout": 1.0}):
+    for bad in ({"aggr_mode": "median"}, {"topk": "5,x"}, {"topk": "5"}, {"l_r": 0.0}, {"dropout": 1.0},
+                {"model_name": "released", "hide_own": "videos"}, {"neg_pop_share": 1.5}):
         with pytest.raises(ValueError):
             dataclasses.replace(Config(), **bad).validate()
