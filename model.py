@@ -432,5 +432,6 @@ class HomogeneousGCN(_GraphRanker):
         x = torch.cat([self.user_emb, self.tag_emb, z])                                      # [U+H+V, d]
         for conv in self.convs:
             x = F.leaky_relu(conv(x, edge_index), NEGATIVE_SLOPE)
-        x_user, x_tag, _ = x.split(list(self._graph_shape))                                  # [U, d], [H, d], [V, d]
+        num_user, num_tag, _ = self._graph_shape
+        x_user, x_tag = x[:num_user], x[num_user:num_user + num_tag]                         # [U, d], [H, d]
         return Reps(x_user, x_tag, z)
