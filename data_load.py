@@ -277,12 +277,14 @@ def _validate(a: _Arrays, num_neg: int | None) -> None:
                 raise _fail(path, int(clash[0]), f"a video not also in the {other} split",
                             f"video {int(videos[clash[0]])}")
         seen_video[name] = local_v
-        pos_key = pos_line * ids.num_hashtag + (pos - ids.offset("hashtag"))
-        neg_key = (np.arange(lines)[:, None] * ids.num_hashtag + (neg - ids.offset("hashtag"))).ravel()
-        both = np.flatnonzero(np.isin(neg_key, pos_key))
-        if both.size:
-            raise _fail(path, int(both[0] // neg.shape[1]), "negatives that are not positives of the "
-                        "same line", f"hashtag {int(neg.ravel()[both[0]])} in both")
+        for start in range(0, pos.shape[0], _CHUNK):     # each positive against its line's negatives
+            clash = np.flatnonzero((neg[pos_line[start:start + _CHUNK]] == pos[start:start + _CHUNK, None])
+                                   .any(axis=1))
+            if clash.size:
+                line = int(pos_line[start + clash[0]])
+                col = np.flatnonzero(np.isin(neg[line], pos[ptr[line]:ptr[line + 1]]))[0]
+                raise _fail(path, line, "negatives that are not positives of the same line",
+                            f"hashtag {int(neg[line, col])} in both")
         neg_sorted = np.sort(neg, axis=1)
         rep = np.flatnonzero((np.diff(neg_sorted, axis=1) == 0).any(axis=1))
         if rep.size:
@@ -311,9 +313,9 @@ def _validate(a: _Arrays, num_neg: int | None) -> None:
         if block.shape[0] != ids.num_video:
             raise _fail(path, None, f"{ids.num_video} rows (one per video, in video order)",
                         f"{block.shape[0]} rows")
-        for start in range(0, block.shape[0], _CHUNK):
+        for start, rows in _row_chunks(block):
             with np.errstate(over="ignore"):                # stored and used as float32: check that
-                chunk = block[start:start + _CHUNK].astype(np.float32, copy=False)
+                chunk = rows.astype(np.float32, copy=False)
             finite = np.isfinite(chunk).all(axis=1)
             if not finite.all():
                 raise _fail(path, start + int(np.flatnonzero(~finite)[0]), "finite feature values",
@@ -339,6 +341,29 @@ def _load_npy(path: Path, mmap: bool = False) -> np.ndarray:
     except (OSError, EOFError) as err:
         raise _fail(path, None, "a readable .npy file", f"{type(err).__name__}: "
                     f"{str(err).splitlines()[0] if str(err) else 'truncated'}") from None
+
+
+def _row_chunks(block: np.ndarray):
+    """``(start, rows)``: the block ``_CHUNK`` rows at a time (``rows`` is reused: consume it at once).
+
+    A memory-mapped block is read from its file instead: going through the mapping would leave every
+    page of it resident in this process (and counted in its memory) next to the copy the caller makes.
+    """
+    filename, offset = getattr(block, "filename", None), getattr(block, "offset", None)
+    if filename is None or offset is None or not block.flags.c_contiguous:
+        for start in range(0, block.shape[0], _CHUNK):
+            yield start, block[start:start + _CHUNK]
+        return
+    row_bytes = block.shape[1] * block.dtype.itemsize
+    buffer = np.empty((min(_CHUNK, block.shape[0]), block.shape[1]), dtype=block.dtype)
+    with open(filename, "rb") as fh:
+        for start in range(0, block.shape[0], _CHUNK):
+            rows = buffer[: min(_CHUNK, block.shape[0] - start)]
+            fh.seek(offset + start * row_bytes)
+            if fh.readinto(memoryview(rows).cast("B")) != rows.nbytes:
+                raise _fail(Path(filename), start, f"{block.shape[0]} rows of {block.shape[1]} values",
+                            "a truncated file")
+            yield start, rows
 
 
 def _load_npz(path: Path, keys) -> dict:
@@ -821,14 +846,26 @@ class Dataset:
     def feature_dim(self) -> int:
         return sum(b.shape[1] for b in self.feature_blocks)
 
-    def features(self) -> Tensor:
-        """``[V, F]`` contiguous float32 concatenation of the feature blocks."""
-        out = np.empty((self.num_video, self.feature_dim), dtype=np.float32)
+    def features(self, order: Tensor | None = None) -> Tensor:
+        """``[V, F]`` contiguous float32 concatenation of the feature blocks; with ``order`` [V] (a
+        permutation of the local video ids) row ``i`` holds video ``order[i]`` instead of video ``i``."""
+        position = None  # [V] row of each video
+        if order is not None:
+            order = np.asarray(order.cpu() if isinstance(order, Tensor) else order, dtype=np.int64)
+            if order.shape != (self.num_video,) or not np.array_equal(np.sort(order), np.arange(self.num_video)):
+                raise ValueError(f"features: expected order to be a permutation of the {self.num_video} videos")
+            position = np.empty_like(order)
+            position[order] = np.arange(self.num_video)
+        out = torch.empty(self.num_video, self.feature_dim)  # not np.empty: numpy asks for huge pages, and
+        dst = out.numpy()                                    # first writes of strided copies into those are slow
         col = 0
         for block in self.feature_blocks:
-            out[:, col:col + block.shape[1]] = block
+            for start, rows in _row_chunks(block):
+                where = slice(start, start + rows.shape[0]) if position is None \
+                    else position[start:start + rows.shape[0]]
+                dst[where, col:col + block.shape[1]] = rows
             col += block.shape[1]
-        return torch.from_numpy(out)
+        return out
 
     def __repr__(self) -> str:
         return (f"Dataset({self.path}, users={self.num_user}, hashtags={self.num_hashtag}, "

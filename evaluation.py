@@ -22,10 +22,12 @@ Candidate matrices are padded to the longest positive list of a batch; padding i
 validity mask and never counts as a hit nor outranks a real candidate.
 
 Everything here is a pure function and vectorised over lines: a candidate matrix, a validity mask,
-a sort, a gather of hits. Only the few cut-offs K are looped over.
+for every positive a count of the candidates ranked ahead of it (no sort: only positives can be
+hits), a sum of hits per line. Only the few cut-offs K are looped over.
 
 Shape legend: L lines of a split, B lines of a batch, N negatives per line, K_max the largest
-number of positives in the batch, C = N + K_max candidates, W = min(max(ks), C) ranks looked at.
+number of positives in the batch, C = N + K_max candidates, Q positives in the batch, W = max(ks)
+ranks looked at.
 """
 
 from __future__ import annotations
@@ -61,8 +63,8 @@ def rank_metrics(
 ) -> dict[str, Tensor]:
     r"""Per-line Precision, Recall, NDCG and Hit at every cut-off in ``ks``.
 
-    Ranks the valid candidates of each line by score, breaking ties against the positives (see the
-    module docstring), and reads the hits off the top :math:`\max(ks)` ranks.
+    Counts, for every positive, the valid candidates ranked ahead of it by score, breaking ties
+    against the positives (see the module docstring); a positive of rank r <= K is a hit at K.
 
     Args:
         scores (Tensor): candidate scores, any floating dtype. Scores of padding are ignored
@@ -103,28 +105,30 @@ def rank_metrics(
         line = int(torch.nonzero(num_pos == 0)[0])
         raise ValueError(f"rank_metrics: line {line} of the batch has no valid positive")
 
-    # Ranking order = score descending, then (valid negative, valid positive, padding). Two stable
-    # sorts, least significant key first: by the tie-break class, then by score. Padding gets
-    # -inf, so it can only tie valid -inf scores, and the class order keeps it behind those too.
-    tie_class = pos.long() + 2 * (~valid_mask).long()  # [B, C] 0 negative, 1 positive, 2 padding
-    by_class = torch.sort(tie_class, dim=1, stable=True).indices  # [B, C]
-    masked = scores.masked_fill(~valid_mask, float("-inf")).gather(1, by_class)  # [B, C]
-    by_score = torch.sort(masked, dim=1, descending=True, stable=True).indices  # [B, C]
-    width = min(max(ks), scores.shape[1])  # W
-    top = by_class.gather(1, by_score[:, :width])  # [B, W] candidate column at rank 1..W
-    hit = pos.gather(1, top).float()  # [B, W] 1 where rank r holds a positive
+    # Each positive's rank is counted, not sorted for: rank = 1 + #(valid candidates with a greater
+    # score) + #(valid negatives with an equal score) + #(positives with an equal score in an earlier
+    # column). Only positives can be hits, and there are few of them per line.
+    width = max(ks)  # W: ranks looked at
+    line, col = pos.nonzero(as_tuple=True)  # [Q] every positive, by line then column
+    rows = scores[line]  # [Q, C] the scores of its line
+    own = scores[line, col].unsqueeze(1)  # [Q, 1]
+    earlier = torch.arange(scores.shape[1], device=scores.device) < col.unsqueeze(1)  # [Q, C]
+    tie_wins = valid_mask[line] & (~pos[line] | earlier)  # [Q, C] valid negatives, earlier positives
+    ahead = ((rows > own) & valid_mask[line]) | ((rows == own) & tie_wins)  # [Q, C]
+    rank = 1 + ahead.sum(dim=1)  # [Q]
 
     ranks = torch.arange(1, width + 1, device=scores.device, dtype=torch.float32)  # [W]
     discount = 1.0 / torch.log2(ranks + 1.0)  # [W] 1/log2(r+1)
     ideal = torch.cumsum(discount, dim=0)  # [W] ideal DCG with r positives on top, r = 1..W
+    gain = discount[rank.clamp(max=width) - 1]  # [Q] 1/log2(rank+1) where rank <= W
     num_pos_f = num_pos.float()  # [B]
 
     out: dict[str, Tensor] = {}
     for k in ks:
-        cut = min(k, width)
-        hits = hit[:, :cut].sum(dim=1)  # [B]
-        dcg = (hit[:, :cut] * discount[:cut]).sum(dim=1)  # [B]
-        idcg = ideal[torch.clamp(num_pos, max=cut) - 1]  # [B] sum_{r<=min(k_line, K)} 1/log2(r+1)
+        in_top = (rank <= k).float()  # [Q]
+        hits = torch.zeros_like(num_pos_f).index_add_(0, line, in_top)  # [B]
+        dcg = torch.zeros_like(num_pos_f).index_add_(0, line, in_top * gain)  # [B]
+        idcg = ideal[torch.clamp(num_pos, max=k) - 1]  # [B] sum_{r<=min(k_line, K)} 1/log2(r+1)
         out[f"precision@{k}"] = hits / k
         out[f"recall@{k}"] = hits / num_pos_f
         out[f"ndcg@{k}"] = dcg / idcg

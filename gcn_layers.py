@@ -1,11 +1,14 @@
 """Message-passing layers of GCN-PHR (SPEC §3) and of the release's variant (SPEC §3.1).
 
-The GCN-PHR graph is static: it is built once from the training rows (``data_load.PairGraph``) and
-stored in CSR form, so every neighbourhood reduction here is a segment reduction over a precomputed
-``ptr`` array (``torch_geometric.utils.segment`` / ``softmax(ptr=...)``); there is no Python loop over
-pairs, edges or nodes.
+The GCN-PHR graph is static: it is built once from the training rows (``data_load.PairGraph``), and
+every index the layers need is derived from it once (:class:`PairIndex`), in CSR form together with its
+transpose. Every neighbourhood reduction and every gather is then one sparse–dense product
+(:func:`csr_matmul`) whose backward pass is the product with the transposed pattern: no
+``scatter``/``index_put`` accumulation, no Python loop over pairs, edges or nodes.
 
 - :func:`segment_aggr` — AGG ∈ {mean, max, add} over CSR segments, with an optional item mask.
+- :class:`PairIndex` — the constant CSR patterns of a pair graph (pair→video, node→pair, gathers).
+- :func:`csr_matmul` — ``A @ x`` for a constant pattern ``A`` with optional (learnable) values.
 - :class:`PairAttention` — the "Attention Net" of SPEC §3: for a pair p = (u, h), weights the
   videos V(p) against a query and returns the message m_p.
 - :class:`PHRConv` — one aggregation layer of SPEC §3 (user side and hashtag side).
@@ -13,24 +16,27 @@ pairs, edges or nodes.
   video→user/hashtag edges, then SAGEConv on user↔hashtag edges, both stock PyG layers.
 
 Shape legend (as in design.md): U users, H hashtags, V videos, P user–hashtag pairs,
-E pair–video edges (one per training row), d latent size.
+E pair–video edges (one per training row), E₂ the edges of pairs with at least two videos,
+P₂ those pairs, d latent size, nnz the entries of a sparse pattern.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import warnings
+from typing import TYPE_CHECKING, NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch_geometric.nn import GATConv, SAGEConv
-from torch_geometric.utils import segment, softmax
+from torch_geometric.utils import segment
 
 if TYPE_CHECKING:
     from data_load import PairGraph
 
 AGGRS = ("mean", "max", "add")
 MESSAGES = ("both", "video", "hashtag")
+QUERIES = ("pair", "user", "hashtag")
 NEGATIVE_SLOPE = 0.01  # LReLU slope of SPEC §3
 
 
@@ -72,6 +78,294 @@ def segment_aggr(x: Tensor, ptr: Tensor, reduce: str, mask: Tensor | None = None
     return out.masked_fill(empty, 0.0)
 
 
+# ---------------------------------------------------------------------------------------------
+# Constant sparse patterns and their products
+# ---------------------------------------------------------------------------------------------
+class Csr(NamedTuple):
+    """A constant sparsity pattern ``A`` [R, C] in CSR form, with its transpose for backward passes.
+
+    Entry ``k`` (in row order) sits at ``(row, col[k])``; the transpose lists the same entries by
+    column: its entry ``j`` is entry ``t_perm[j]`` of ``A``, in row ``t_col[j]`` of ``A``. Index
+    arrays are int32 when they fit (the sparse kernels read them without a conversion).
+    """
+
+    ptr: Tensor  # [R+1]
+    col: Tensor  # [nnz]
+    t_ptr: Tensor  # [C+1]
+    t_col: Tensor  # [nnz]
+    t_perm: Tensor  # [nnz] int64
+    num_rows: int
+    num_cols: int
+    gather: bool  # exactly one entry per row: A @ x is x[col]
+
+    @classmethod
+    def build(cls, row: Tensor, col: Tensor, num_rows: int, num_cols: int) -> Csr:
+        """The pattern with entries ``(row[k], col[k])``; ``row`` must be sorted (non-decreasing)."""
+        small = max(num_rows, num_cols, row.numel()) < 2**31
+        itype = torch.int32 if small else torch.long
+        t_perm = torch.argsort(col, stable=True)  # [nnz] entries by column
+        return cls(
+            ptr=_counts_to_ptr(torch.bincount(row, minlength=num_rows)).to(itype),
+            col=col.to(itype),
+            t_ptr=_counts_to_ptr(torch.bincount(col, minlength=num_cols)).to(itype),
+            t_col=row[t_perm].to(itype),
+            t_perm=t_perm,
+            num_rows=num_rows, num_cols=num_cols,
+            gather=bool(row.numel() == num_rows and torch.equal(row, torch.arange(num_rows, device=row.device))),
+        )
+
+    def keep(self, entries: Tensor, rows: Tensor | None = None) -> Csr:
+        """The same pattern with only the entries where ``entries`` [nnz] (row order) is True, and the
+        transpose filtered alike (no new sort). The rows stay, emptied, unless ``rows`` [R] bool is given:
+        then only those rows are kept, renumbered in order (they must hold every kept entry)."""
+        itype = self.ptr.dtype
+        before = _counts_to_ptr(entries.long())  # [nnz+1] kept entries before each entry
+        t_entries = entries[self.t_perm]  # [nnz] the same flags in column order
+        t_col = self.t_col[t_entries].long()  # [nnz'] row of each kept entry, column order
+        ptr, num_rows = before[self.ptr.long()], self.num_rows  # [R+1]
+        if rows is not None:
+            num_rows = int(rows.sum())
+            ptr = torch.cat([ptr[:-1][rows], ptr[-1:]])  # [R'+1]
+            t_col = (rows.long().cumsum(0) - 1)[t_col]  # new row of each kept entry
+        return Csr(ptr=ptr.to(itype), col=self.col[entries],
+                   t_ptr=_counts_to_ptr(t_entries.long())[self.t_ptr.long()].to(itype), t_col=t_col.to(itype),
+                   t_perm=before[self.t_perm[t_entries]], num_rows=num_rows, num_cols=self.num_cols,
+                   gather=self.gather and rows is not None)
+
+
+def _counts_to_ptr(counts: Tensor) -> Tensor:
+    return torch.cat([counts.new_zeros(1), counts.cumsum(0)])
+
+
+def _spmm(ptr: Tensor, col: Tensor, values: Tensor, num_rows: int, x: Tensor) -> Tensor:
+    """``A @ x`` for the CSR matrix ``A`` = (ptr, col, values) [R, C], x [C, d] → [R, d].
+
+    Written into a fresh uninitialised output (``beta=0`` ignores its contents): ``torch.sparse.mm``
+    would zero-fill a result and copy it once more, twice the kernel's own time on a CPU.
+    """
+    with warnings.catch_warnings():  # torch warns once that sparse CSR support is in beta
+        warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
+        matrix = torch.sparse_csr_tensor(ptr, col, values, size=(num_rows, x.size(0)), check_invariants=False)
+    out = x.new_empty(num_rows, x.size(1))
+    return torch.addmm(out, matrix, x, beta=0.0, out=out)
+
+
+class _CsrMatmul(torch.autograd.Function):
+    """``A @ x`` with ``A`` = (pattern, values); backward: ``Aᵀ @ grad`` and the sampled product."""
+
+    @staticmethod
+    def forward(ctx, values: Tensor | None, x: Tensor, pattern: Csr) -> Tensor:
+        ctx.pattern = pattern
+        ctx.save_for_backward(values, x if values is not None and values.requires_grad else None)  # x: for grad_values
+        if pattern.gather and values is None:
+            return x.index_select(0, pattern.col)  # [R, d]
+        if values is None:
+            values = x.new_ones(pattern.col.numel())
+        return _spmm(pattern.ptr, pattern.col, values, pattern.num_rows, x)  # [R, d]
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        values, x = ctx.saved_tensors
+        p: Csr = ctx.pattern
+        grad = grad.contiguous()
+        grad_values = grad_x = None
+        if ctx.needs_input_grad[1]:
+            t_values = grad.new_ones(p.t_perm.numel()) if values is None else values[p.t_perm]
+            grad_x = _spmm(p.t_ptr, p.t_col, t_values, p.num_cols, grad)  # [C, d]
+        if ctx.needs_input_grad[0]:
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
+                pattern = torch.sparse_csr_tensor(p.ptr, p.col, grad.new_zeros(p.col.numel()),
+                                                  size=(p.num_rows, p.num_cols), check_invariants=False)
+            grad_values = torch.sparse.sampled_addmm(pattern, grad, x.t(), beta=0.0).values()  # [nnz]
+        return grad_values, grad_x, None
+
+
+def csr_matmul(pattern: Csr, x: Tensor, values: Tensor | None = None) -> Tensor:
+    r"""``out[r] = Σ_k values[k] · x[col[k]]`` over the entries ``k`` of row ``r`` of ``pattern``.
+
+    The backward pass multiplies by the stored transpose (a segment sum over a sorted pattern, where
+    autograd of ``x[index]`` would scatter-add) and, when ``values`` needs a gradient, computes
+    ``grad_values[k] = ⟨grad[row(k)], x[col(k)]⟩`` as a sampled dense–dense product. It always runs
+    in float32 or float64: half-precision inputs (autocast) are promoted to float32.
+
+    Args:
+        pattern (Csr): the constant pattern ``A`` [R, C].
+        x (Tensor): dense rows, ``C`` of them.
+        values (Tensor, optional): the entries of ``A`` in row order (default: all ones).
+
+    Shapes:
+        x [C, d], values [nnz] → [R, d]
+    """
+    if x.dtype in (torch.float16, torch.bfloat16):
+        x = x.float()
+    if values is not None:
+        values = values.to(x.dtype)
+    with torch.autocast(device_type=x.device.type, enabled=False):
+        return _CsrMatmul.apply(values, x.contiguous(), pattern)
+
+
+class PairIndex(nn.Module):
+    r"""Every index the GCN-PHR layers use, derived once from a :class:`data_load.PairGraph`.
+
+    A container of non-persistent buffers (it follows ``.to(device)`` and is not saved). Patterns,
+    all :class:`Csr` (rows × columns):
+
+    - ``pair_video`` P × V: the videos V(p) of each pair (the attention's weighted sum);
+    - ``user_tag`` U × H and ``user_pair`` U × P: each user's pairs, as hashtags and as pair ids;
+    - ``tag_user`` H × U and ``tag_pair`` H × P: each hashtag's pairs, as users and as pair ids;
+    - ``edge_user``, ``edge_hashtag``, ``edge_pair`` E₂ × (V + U, V + H, V + P): two entries per edge of a
+      pair with at least two videos, its video v and (offset by V) its user, hashtag or pair — the sum
+      of a video row and a query row, the attention's hidden layer. Only those edges need a score: a
+      pair with one visible video gives it weight 1;
+    - ``pair_user``, ``pair_tag`` P × (U, H) and ``tagorder_user``, ``tagorder_pair`` P × (U, P):
+      gathers of each pair's user and hashtag, in pair order and in hashtag order (``"max"`` only).
+
+    Also the buffers ``edge_pair`` [E] (pair of each edge), ``multi`` [E₂] (position of each E₂ edge
+    among the E), ``multi_ptr`` [P₂+1] and ``multi_seg`` [E₂] (segments of the E₂ edges by pair).
+
+    Args:
+        graph (PairGraph): the pair graph; the buffers are built on its device.
+    """
+
+    PATTERNS = ("pair_video", "user_tag", "user_pair", "tag_user", "tag_pair", "edge_user", "edge_hashtag",
+                "edge_pair", "pair_user", "pair_tag", "tagorder_user", "tagorder_pair")
+
+    def __init__(self, graph: PairGraph) -> None:
+        super().__init__()
+        num_user, num_tag, num_video, num_pair = (graph.num_user, graph.num_hashtag, graph.num_video,
+                                                  graph.num_pairs)
+        device = graph.pv_ptr.device
+        pairs = torch.arange(num_pair, device=device)  # [P]
+        count = graph.pv_ptr[1:] - graph.pv_ptr[:-1]  # [P] videos per pair
+        edge_pair = torch.repeat_interleave(pairs, count, output_size=graph.pv_video.numel())  # [E]
+        multi = (count[edge_pair] > 1).nonzero().squeeze(1)  # [E₂]
+        multi_count = count[count > 1]  # [P₂]
+        num_multi = multi.numel()
+        edges2 = torch.arange(num_multi, device=device).repeat_interleave(2)  # [2E₂] two entries per edge
+        pair2 = edge_pair[multi]  # [E₂]
+        video2 = graph.pv_video[multi]  # [E₂]
+
+        def video_and(query: Tensor) -> Tensor:  # [2E₂] columns (v, V + q) of every E₂ edge
+            return torch.stack([video2, num_video + query], dim=1).reshape(-1)
+
+        tag_user = graph.pair_user[graph.tag_perm]  # [P] user of each pair, hashtag order
+        tag_rows = graph.pair_hashtag[graph.tag_perm]  # [P] hashtag of each pair, hashtag order
+        build = {
+            "pair_video": (edge_pair, graph.pv_video, num_pair, num_video),
+            "user_tag": (graph.pair_user, graph.pair_hashtag, num_user, num_tag),
+            "user_pair": (graph.pair_user, pairs, num_user, num_pair),
+            "tag_user": (tag_rows, tag_user, num_tag, num_user),
+            "tag_pair": (tag_rows, graph.tag_perm, num_tag, num_pair),
+            "edge_user": (edges2, video_and(graph.pair_user[pair2]), num_multi, num_video + num_user),
+            "edge_hashtag": (edges2, video_and(graph.pair_hashtag[pair2]), num_multi, num_video + num_tag),
+            "edge_pair": (edges2, video_and(pair2), num_multi, num_video + num_pair),
+            "pair_user": (pairs, graph.pair_user, num_pair, num_user),
+            "pair_tag": (pairs, graph.pair_hashtag, num_pair, num_tag),
+            "tagorder_user": (pairs, tag_user, num_pair, num_user),
+            "tagorder_pair": (pairs, graph.tag_perm, num_pair, num_pair),
+        }
+        self._shapes = {}
+        for name, args in build.items():
+            csr = Csr.build(*args)
+            self._shapes[name] = (csr.num_rows, csr.num_cols, csr.gather)
+            for field in ("ptr", "col", "t_ptr", "t_col", "t_perm"):
+                self.register_buffer(f"{name}_{field}", getattr(csr, field), persistent=False)
+        self.register_buffer("edge_pair", edge_pair, persistent=False)
+        self.register_buffer("multi", multi, persistent=False)
+        self.register_buffer("multi_ptr", _counts_to_ptr(multi_count), persistent=False)
+        self.register_buffer("multi_seg", torch.repeat_interleave(
+            torch.arange(multi_count.numel(), device=device), multi_count, output_size=num_multi),
+            persistent=False)
+
+    def csr(self, name: str) -> Csr:
+        """The pattern ``name`` (one of :attr:`PATTERNS`), on the buffers' current device."""
+        tensors = [getattr(self, f"{name}_{field}") for field in ("ptr", "col", "t_ptr", "t_col", "t_perm")]
+        return Csr(*tensors, *self._shapes[name])
+
+    def entries(self, name: str, values: Tensor) -> Tensor:
+        """``values`` [nnz] of the entries of pattern ``name`` (all of them here)."""
+        return values
+
+    def restrict(self, pairs: Tensor) -> PairIndexView:
+        """The same index restricted to the pairs where ``pairs`` [P] bool is True: the attention patterns
+        keep only the edges of those pairs, the node patterns only those pairs. A layer computed on it gives
+        exact outputs for every node whose pairs are all kept, at the cost of the kept edges only."""
+        return PairIndexView(self, pairs)
+
+    def __repr__(self) -> str:
+        num_pair, num_video, _ = self._shapes["pair_video"]
+        return (f"{self.__class__.__name__}(pairs={num_pair}, videos={num_video}, "
+                f"edges={self.edge_pair.numel()}, multi_edges={self.multi.numel()})")
+
+
+class PairIndexView:
+    """:class:`PairIndex` restricted to some pairs (:meth:`PairIndex.restrict`); the same interface.
+
+    Patterns are filtered on first use (:meth:`Csr.keep`: boolean selections and prefix sums over the
+    entries, no sort). Outside the kept pairs the attention weights are not computed.
+    """
+
+    def __init__(self, index: PairIndex, pairs: Tensor) -> None:
+        self.index = index
+        self.edge_pair = index.edge_pair  # [E]
+        self.pair_keep = pairs  # [P] bool
+        self.edge_keep = pairs[index.edge_pair]  # [E] bool
+        self.multi_keep = self.edge_keep[index.multi]  # [E₂] bool
+        self.multi = index.multi[self.multi_keep]  # [E₂']
+        self.multi_ptr = _counts_to_ptr(self.multi_keep.long())[index.multi_ptr]  # [P₂+1], dropped pairs empty
+        self.multi_seg = index.multi_seg[self.multi_keep]  # [E₂']
+        self._patterns: dict[str, Csr] = {}
+
+    def _keep(self, name: str) -> Tensor | None:
+        """[nnz] bool: the entries of pattern ``name`` that belong to kept pairs (None: all of them)."""
+        if name.startswith("edge_"):
+            return self.multi_keep.repeat_interleave(2)  # [2E₂]
+        if name == "pair_video":
+            return self.edge_keep  # [E] in pair order
+        if name in ("user_tag", "user_pair"):
+            return self.pair_keep  # [P] in pair order
+        if name in ("tag_user", "tag_pair"):
+            return self.pair_keep[self.index.tag_pair_col.long()]  # [P] in hashtag order
+        return None  # the gathers of "max" read every pair
+
+    def csr(self, name: str) -> Csr:
+        if name not in self._patterns:
+            keep, full = self._keep(name), self.index.csr(name)
+            rows = self.multi_keep if name.startswith("edge_") else None  # [E₂]: one row per edge
+            self._patterns[name] = full if keep is None else full.keep(keep, rows)
+        return self._patterns[name]
+
+    def entries(self, name: str, values: Tensor) -> Tensor:
+        """The kept ones of ``values`` [nnz], given for every entry of the unrestricted pattern ``name``."""
+        keep = self._keep(name)
+        return values if keep is None else values[keep]
+
+
+def _visible_count(ptr: Tensor, edge_mask: Tensor | None) -> Tensor:
+    """``[S]`` items per CSR segment ``ptr`` [S+1], counting only those where ``edge_mask`` is True."""
+    if edge_mask is None:
+        return ptr[1:] - ptr[:-1]
+    kept = _compact_ptr(ptr, edge_mask)  # [S+1]
+    return kept[1:] - kept[:-1]
+
+
+def _segment_softmax(score: Tensor, ptr: Tensor, seg: Tensor) -> Tensor:
+    """Softmax of ``score`` [N] within CSR segments ``ptr`` [S+1] (``seg`` [N]: segment of each item).
+
+    ``-inf`` scores get weight 0; a segment of only ``-inf`` gets all zeros (no NaN).
+    """
+    top = torch.segment_reduce(score.detach(), "max", offsets=ptr)  # [S]
+    top = torch.where(torch.isfinite(top), top, 0.0)
+    weight = (score - top[seg]).exp()  # [N]
+    total = torch.segment_reduce(weight, "sum", offsets=ptr)  # [S]
+    total = torch.where(total > 0, total, 1.0)
+    return weight / total[seg]
+
+
+# ---------------------------------------------------------------------------------------------
+# GCN-PHR layers
+# ---------------------------------------------------------------------------------------------
 class PairAttention(nn.Module):
     r"""Attention over the videos of each user–hashtag pair ("Attention Net", SPEC §3; Wei et al.,
     *Personalized Hashtag Recommendation for Micro-videos*, ACM MM 2019).
@@ -86,12 +380,13 @@ class PairAttention(nn.Module):
         \mathbf{m}_p = \sum_{v \in V(p)} \alpha_{p,v} \mathbf{z}_v .
 
     :math:`\mathbf{A}[\mathbf{q} \| \mathbf{z}]` is computed as
-    :math:`\mathbf{A}_q \mathbf{q} + \mathbf{A}_z \mathbf{z}` with :math:`\mathbf{A}_z \mathbf{z}`
-    evaluated once per video and gathered per edge. Hidden edges (``edge_mask`` False) take no
-    part in the softmax and get :math:`\alpha = 0`; a pair whose edges are all hidden gets
-    :math:`\mathbf{m}_p = 0`. With ``attention=False`` (ablation, SPEC §3.2) the weights are uniform
-    over the visible videos of the pair, :math:`\alpha_{p,v} = 1/|V(p)|`, and the module has no
-    parameters.
+    :math:`\mathbf{A}_q \mathbf{q} + \mathbf{A}_z \mathbf{z}`, each projected once per query row and
+    once per video and gathered per edge. Scores are computed only for the edges of pairs with at
+    least two videos: a softmax over one score is 1 whatever the score. Hidden edges (``edge_mask``
+    False) take no part in the softmax and get :math:`\alpha = 0`; a pair whose edges are all hidden
+    gets :math:`\mathbf{m}_p = 0`. With ``attention=False`` (ablation, SPEC §3.2) the weights are
+    uniform over the visible videos of the pair, :math:`\alpha_{p,v} = 1/|V(p)|`, and the module has
+    no parameters.
 
     Args:
         dim (int): latent size d of queries and videos.
@@ -99,7 +394,9 @@ class PairAttention(nn.Module):
             (default: :obj:`True`)
 
     Shapes:
-        - **input:** query [P, d], z [V, d], graph (``PairGraph``), edge_mask [E] bool (optional)
+        - **input:** query [P, d] (``query_of="pair"``), [U, d] (``"user"``: pair (u, h) uses row u)
+          or [H, d] (``"hashtag"``: row h); z [V, d], graph (``PairGraph``), edge_mask [E] bool
+          (optional), index (:class:`PairIndex` of ``graph``, optional: built when not given)
         - **output:** m [P, d], alpha [E] (in ``graph.pv_video`` order)
     """
 
@@ -121,25 +418,25 @@ class PairAttention(nn.Module):
             nn.init.zeros_(self.lin_query.bias)
 
     def forward(
-        self, query: Tensor, z: Tensor, graph: PairGraph, edge_mask: Tensor | None = None
+        self, query: Tensor, z: Tensor, graph: PairGraph, edge_mask: Tensor | None = None,
+        query_of: str = "pair", index: PairIndex | PairIndexView | None = None,
     ) -> tuple[Tensor, Tensor]:
-        ptr, video = graph.pv_ptr, graph.pv_video  # [P+1], [E]
-        if edge_mask is not None:
-            ptr = _compact_ptr(ptr, edge_mask)  # [P+1] over the visible edges
-            video = video[edge_mask]  # [E']
-        count = ptr[1:] - ptr[:-1]  # [P] visible videos per pair
-        edge_pair = torch.repeat_interleave(count, output_size=video.numel())  # [E'] pair of each edge
-
+        _check_choice("query_of", query_of, QUERIES)
+        index = PairIndex(graph) if index is None else index
+        dtype = torch.promote_types(z.dtype, torch.float32)  # weights in float32 at least (autocast)
+        visible = z.new_ones(index.edge_pair.numel(), dtype=dtype) if edge_mask is None else edge_mask.to(dtype)  # [E]
         if self.attention:
-            hidden = self.lin_query(query)[edge_pair] + self.lin_video(z)[video]  # [E', d]
-            score = self.att(F.leaky_relu(hidden, NEGATIVE_SLOPE)).squeeze(-1)  # [E']
-            alpha = softmax(score, ptr=ptr)  # [E']
+            rows = torch.cat([self.lin_video(z), self.lin_query(query)])  # [V + N, d] A_z z_v, then A_q q + b
+            hidden = csr_matmul(index.csr(f"edge_{query_of}"), rows)  # [E₂, d]
+            score = self.att(F.leaky_relu(hidden, NEGATIVE_SLOPE, inplace=True)).squeeze(-1).to(dtype)  # [E₂]
+            if edge_mask is not None:
+                score = score.masked_fill(~edge_mask[index.multi], float("-inf"))
+            multi_alpha = _segment_softmax(score, index.multi_ptr, index.multi_seg)  # [E₂]
+            alpha = visible.index_put((index.multi,), multi_alpha)  # [E]
         else:
-            alpha = count.clamp(min=1).to(z.dtype).reciprocal()[edge_pair]  # [E']
-
-        message = segment_aggr(alpha.unsqueeze(-1) * z[video], ptr, "add")  # [E', d] → [P, d]
-        if edge_mask is not None:
-            alpha = z.new_zeros(edge_mask.numel()).masked_scatter(edge_mask, alpha)  # [E]
+            count = _visible_count(graph.pv_ptr, edge_mask)  # [P]
+            alpha = visible / count.clamp(min=1).to(dtype)[index.edge_pair]  # [E]
+        message = csr_matmul(index.csr("pair_video"), z, index.entries("pair_video", alpha))  # [P, d]
         return message, alpha
 
     def __repr__(self) -> str:
@@ -166,7 +463,9 @@ class PHRConv(nn.Module):
     (:math:`\mathbf{b}`, :math:`\mathbf{b}'`): one bias per update, as the three terms are summed.
     A pair whose pair–video edges are all hidden by ``edge_mask`` is inactive and is left out of
     both aggregations; a node with no active pair aggregates to zero, so its output is
-    :math:`\mathrm{LReLU}(\mathbf{W}_s \mathbf{x} + \mathbf{b})`.
+    :math:`\mathrm{LReLU}(\mathbf{W}_s \mathbf{x} + \mathbf{b})`. ``"mean"`` and ``"add"`` are
+    products with the node→pair patterns of :class:`PairIndex` (weights 1/count or 1, 0 on inactive
+    pairs); ``"max"`` gathers the per-pair rows and takes a segment maximum.
 
     Args:
         dim (int): latent size d (input and output).
@@ -179,9 +478,13 @@ class PHRConv(nn.Module):
 
     Shapes:
         - **input:** x_user [U, d], x_tag [H, d], z [V, d], graph (``PairGraph``),
-          edge_mask [E] bool (optional)
+          edge_mask [E] bool (optional), index (:class:`PairIndex` of ``graph``, optional: built
+          when not given; pass it to build it once), outputs (users [*], hashtags [*], optional:
+          the rows wanted; each side then visits only their pairs, and only their rows are exact,
+          the others are not meaningful)
         - **output:** x_user' [U, d], x_tag' [H, d]; with ``return_attention=True`` also
-          (alpha_user [E], alpha_tag [E]), both None when ``messages="hashtag"``
+          (alpha_user [E], alpha_tag [E]), both None when ``messages="hashtag"`` (with ``outputs``,
+          meaningful on the wanted nodes' pairs only)
     """
 
     def __init__(
@@ -221,16 +524,38 @@ class PHRConv(nn.Module):
             if att is not None:
                 att.reset_parameters()
 
-    def _update(
-        self, x_self: Tensor, nbr: Tensor, msg: Tensor | None, ptr: Tensor, active: Tensor | None,
-        lin_self: nn.Linear, lin_nbr: nn.Linear | None, lin_msg: nn.Linear | None,
-    ) -> Tensor:
-        """One side's update: ``nbr``/``msg`` are per-pair rows [P, d] sorted by this side's node."""
-        terms = [(lin, rows) for lin, rows in ((lin_nbr, nbr), (lin_msg, msg)) if lin is not None]
-        per_pair = torch.cat([rows for _, rows in terms], dim=-1)  # [P, k·d], k kept AGG terms
-        agg = segment_aggr(per_pair, ptr, self.aggr, mask=active)  # [N, k·d]
+    def _aggregate(
+        self, index: PairIndex | PairIndexView, side: str, other: Tensor, msg: Tensor | None, ptr: Tensor,
+        active: Tensor | None,
+    ) -> list[Tensor]:
+        """AGG of the kept terms of one side (``side`` "user": pairs in pair order, "tag": in hashtag
+        order): ``[AGG x_other, AGG m]`` (dropped terms left out), each [N, d]."""
+        other_name = "tag" if side == "user" else "user"
+        if self.aggr == "max":
+            gather_other = index.csr("pair_tag" if side == "user" else "tagorder_user")
+            rows = [csr_matmul(gather_other, other)] if self.use_neighbours else []  # [P, d]
+            if msg is not None:
+                rows.append(msg if side == "user" else csr_matmul(index.csr("tagorder_pair"), msg))
+            agg = segment_aggr(torch.cat(rows, dim=-1), ptr, "max", mask=active)  # [N, k·d]
+            return list(agg.split(self.dim, dim=-1))
+        weight = None  # [P] per entry, in this side's pair order
+        if active is not None or self.aggr == "mean":
+            weight = other.new_ones(ptr[-1]) if active is None else active.to(other.dtype)
+            if self.aggr == "mean":
+                count = _visible_count(ptr, active).clamp(min=1).to(other.dtype)  # [N]
+                weight = weight / torch.repeat_interleave(count, ptr[1:] - ptr[:-1], output_size=weight.numel())
+        out = []
+        for name, rows in ((f"{side}_{other_name}", other if self.use_neighbours else None),
+                           (f"{side}_pair", msg)):
+            if rows is not None:
+                values = None if weight is None else index.entries(name, weight)
+                out.append(csr_matmul(index.csr(name), rows, values))  # [N, d]
+        return out
+
+    def _update(self, x_self: Tensor, parts: list[Tensor], lin_self: nn.Linear,
+                lins: list[nn.Linear | None]) -> Tensor:
         out = lin_self(x_self)  # [N, d]
-        for (lin, _), part in zip(terms, agg.split(self.dim, dim=-1)):  # k × [N, d]
+        for lin, part in zip([lin for lin in lins if lin is not None], parts):
             out = out + lin(part)
         return F.leaky_relu(out, NEGATIVE_SLOPE)
 
@@ -242,32 +567,36 @@ class PHRConv(nn.Module):
         graph: PairGraph,
         edge_mask: Tensor | None = None,
         return_attention: bool = False,
+        index: PairIndex | None = None,
+        outputs: tuple[Tensor, Tensor] | None = None,
     ) -> tuple[Tensor, Tensor] | tuple[Tensor, Tensor, tuple[Tensor | None, Tensor | None]]:
-        tag_of_pair = x_tag[graph.pair_hashtag]  # [P, d] hashtag of each pair (user-side input)
-        user_of_pair = x_user[graph.pair_user]  # [P, d] user of each pair (hashtag-side input)
-
+        index = PairIndex(graph) if index is None else index
+        user_index = tag_index = index
+        if outputs is not None:  # each side on the pairs of its wanted nodes only
+            wanted_user = torch.zeros(graph.num_user, dtype=torch.bool, device=x_user.device)
+            wanted_tag = torch.zeros(graph.num_hashtag, dtype=torch.bool, device=x_tag.device)
+            wanted_user[outputs[0]] = True  # [U]
+            wanted_tag[outputs[1]] = True  # [H]
+            user_index = index.restrict(wanted_user[graph.pair_user])
+            tag_index = index.restrict(wanted_tag[graph.pair_hashtag])
         active = None  # [P] bool: pair has at least one visible pair–video edge
         if edge_mask is not None:
-            visible_ptr = _compact_ptr(graph.pv_ptr, edge_mask)  # [P+1]
-            active = visible_ptr[1:] > visible_ptr[:-1]  # [P]
+            active = _visible_count(graph.pv_ptr, edge_mask) > 0  # [P]
 
         msg_user = msg_tag = alpha_user = alpha_tag = None
         if self.use_videos:
-            msg_user, alpha_user = self.user_att(tag_of_pair, z, graph, edge_mask)  # [P, d], [E]
-            msg_tag, alpha_tag = self.tag_att(user_of_pair, z, graph, edge_mask)  # [P, d], [E]
+            msg_user, alpha_user = self.user_att(x_tag, z, graph, edge_mask, query_of="hashtag",
+                                                 index=user_index)  # [P, d], [E]
+            msg_tag, alpha_tag = self.tag_att(x_user, z, graph, edge_mask, query_of="user",
+                                              index=tag_index)  # [P, d], [E]
 
-        # Users: pairs are already sorted by (user, hashtag), segments user_ptr [U+1].
-        x_user_new = self._update(
-            x_user, tag_of_pair, msg_user, graph.user_ptr, active,
-            self.user_self, self.user_nbr, self.user_msg,
-        )  # [U, d]
-        # Hashtags: reorder the pairs by (hashtag, user) with tag_perm, segments tag_ptr [H+1].
-        perm = graph.tag_perm  # [P]
-        x_tag_new = self._update(
-            x_tag, user_of_pair[perm], None if msg_tag is None else msg_tag[perm], graph.tag_ptr,
-            None if active is None else active[perm],
-            self.tag_self, self.tag_nbr, self.tag_msg,
-        )  # [H, d]
+        # Users: pairs are sorted by (user, hashtag), segments user_ptr [U+1].
+        user_parts = self._aggregate(user_index, "user", x_tag, msg_user, graph.user_ptr, active)
+        x_user_new = self._update(x_user, user_parts, self.user_self, [self.user_nbr, self.user_msg])  # [U, d]
+        # Hashtags: pairs in (hashtag, user) order (tag_perm), segments tag_ptr [H+1].
+        tag_active = None if active is None else active[graph.tag_perm]  # [P]
+        tag_parts = self._aggregate(tag_index, "tag", x_user, msg_tag, graph.tag_ptr, tag_active)
+        x_tag_new = self._update(x_tag, tag_parts, self.tag_self, [self.tag_nbr, self.tag_msg])  # [H, d]
 
         if return_attention:
             return x_user_new, x_tag_new, (alpha_user, alpha_tag)

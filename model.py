@@ -13,7 +13,7 @@ B batch (rows or lines), C candidates per line, F feature dim, d latent dim (``d
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from typing import NamedTuple
 
 import torch
@@ -22,7 +22,7 @@ from torch import Tensor, nn
 from torch_geometric.nn import GCNConv
 
 from data_load import IdSpace, PairGraph
-from gcn_layers import NEGATIVE_SLOPE, PHRConv, ReleasedConv
+from gcn_layers import NEGATIVE_SLOPE, PairIndex, PHRConv, ReleasedConv
 
 ScoreFn = Callable[[Tensor, Tensor, Tensor], Tensor]
 
@@ -64,6 +64,8 @@ class Config:
     patience: int = _opt(10, "stop after this many epochs without a better validation Recall@10 "
                          "(0: never)")
     eval_batch_size: int = _opt(1024, "val/test lines scored at once")
+    amp: bool = _opt(False, "bf16 autocast of the training step, meant for CUDA (the dense products run in bf16, "
+                     "the sparse graph products in float32); evaluation stays in float32")
     # ---- ablations (SPEC §3.2) ----
     attention: str = _opt("on", "GCN-PHR's attention over V(p): on = learned, off = uniform weights",
                           choices=("on", "off"))
@@ -144,7 +146,8 @@ class Ranker(nn.Module):
 
 def bpr_loss(pos_score: Tensor, neg_score: Tensor) -> Tensor:
     """−Σ ln σ(s⁺ − s⁻), with the numerically stable log-sigmoid (SPEC §3)."""
-    return -F.logsigmoid(pos_score - neg_score).sum()
+    diff = pos_score - neg_score
+    return -F.logsigmoid(diff.to(torch.promote_types(diff.dtype, torch.float32))).sum()  # float32 under autocast
 
 
 class UserScorer(nn.Module):
@@ -202,6 +205,31 @@ class UserScorer(nn.Module):
             user_part, v_bar = user_part.unsqueeze(1), v_bar.unsqueeze(1)       # [B, 1, d]
         h_bar = self._tail(tag_part + user_part, self.h2)                       # [B, (C,) d]
         return (v_bar * h_bar).sum(-1)                                          # [B, (C)]
+
+    @torch.no_grad()
+    def score_candidates(self, user: Tensor, video: Tensor, tag_part: Tensor, cand: Tensor,
+                         chunk: int = 8) -> Tensor:
+        """Evaluation path of :meth:`forward` (no gradient): ``forward(user, video, tag_part=tag_part[cand])``
+        computed ``chunk`` lines at a time, in place, so the ``[chunk, C, d]`` intermediates stay in cache.
+
+        Shapes: user [B, d], video [B, d], tag_part [H, d] (:meth:`tag_part` of every hashtag), cand [B, C]
+        → [B, C]
+        """
+        user, video = self.drop(user), self.drop(video)
+        v_bar = self._tail(self.v1(torch.cat([video, user], dim=-1)), self.v2)   # [B, d]
+        user_part = F.linear(user, self.h1.weight[:, self.dim:], self.h1.bias)  # [B, d]
+        second = None if self.h2 is None else self.h2.weight.t()                # [d, d]
+        out = v_bar.new_empty(cand.shape)                                       # [B, C]
+        for start in range(0, cand.size(0), chunk):
+            lines = slice(start, start + chunk)
+            b = cand[lines].size(0)
+            h = tag_part.index_select(0, cand[lines].reshape(-1)).view(b, -1, self.dim)  # [b, C, d]
+            F.leaky_relu(h.add_(user_part[lines].unsqueeze(1)), NEGATIVE_SLOPE, inplace=True)
+            if second is not None:
+                h = torch.addmm(self.h2.bias, h.view(-1, self.dim), second).view(b, -1, self.dim)
+                F.leaky_relu(h, NEGATIVE_SLOPE, inplace=True)
+            torch.bmm(h, v_bar[lines].unsqueeze(-1), out=out[lines].unsqueeze(-1))  # [b, C, 1]
+        return out
 
     def __repr__(self) -> str:
         return f"{self.__class__.__name__}({self.dim}, mode={self.mode!r})"
@@ -268,8 +296,13 @@ class _GraphRanker(Ranker):
             return hidden[self.row_video].nonzero().squeeze(1)              # [B'] every row of those videos
         return None
 
+    def batch_reps(self, users: Tensor, tags: Tensor, hidden_rows: Tensor | None) -> Reps:
+        """The representations a training batch needs (``users`` [B], ``tags`` [2B] rows are read); the
+        whole graph is propagated unless a model can compute only those rows."""
+        return self.propagate(hidden_rows)
+
     def loss(self, users, videos, pos, neg, rows):
-        reps = self.propagate(self.hidden_rows(videos, rows))
+        reps = self.batch_reps(users, torch.cat([pos, neg]), self.hidden_rows(videos, rows))
         u, v = reps.user[users], reps.video[videos]                    # [B, d]
         s_pos = self.scoring(u, v, reps.tag[pos])                       # [B]
         s_neg = self.scoring(u, v, reps.tag[neg])                       # [B]
@@ -280,7 +313,7 @@ class _GraphRanker(Ranker):
         tag_part = self.scoring.tag_part(reps.tag)                      # [H, d], once
 
         def score(users: Tensor, videos: Tensor, cand: Tensor) -> Tensor:
-            return self.scoring(reps.user[users], reps.video[videos], tag_part=tag_part[cand])
+            return self.scoring.score_candidates(reps.user[users], reps.video[videos], tag_part, cand)
 
         return score
 
@@ -301,11 +334,23 @@ class GCNPHR(_GraphRanker):
         cfg (Config): ``dim_latent``, ``num_layers``, ``aggr_mode``, ``scoring_mode``,
             ``hide_own``, ``dropout`` and the ablations ``attention``, ``messages`` (SPEC §3.2).
         graph (PairGraph): the training pair graph (kept as non-persistent buffers).
-        features (Tensor): ``[V, F]`` video features (a non-persistent buffer).
+        features (Tensor): ``[V, F]`` video features (a non-persistent buffer), row ``i`` for video
+            ``video_order[i]``.
+        video_order (Tensor, optional): ``[V]`` the video of each row of ``features`` (default: row i is
+            video i). With the training graph's videos first (:meth:`graph_videos_first`, as
+            ``train.build_model`` does), a training step projects only those rows, one contiguous block.
     """
 
-    def __init__(self, cfg: Config, graph: PairGraph, features: Tensor) -> None:
+    def __init__(self, cfg: Config, graph: PairGraph, features: Tensor, video_order: Tensor | None = None) -> None:
         super().__init__(cfg, graph, features)
+        order = torch.arange(features.size(0)) if video_order is None else video_order
+        position = torch.empty_like(order)
+        position[order] = torch.arange(order.numel())                  # [V] row of each video
+        graph_rows = position[graph.pv_video]                           # [E] row of each edge's video
+        self.num_graph_rows = int(graph_rows.max()) + 1 if graph_rows.numel() else 0
+        self.register_buffer("video_order", order, persistent=False)   # [V]
+        # every CSR pattern, built once, on the rows of z: the graph's videos renumbered by row
+        self.index = PairIndex(replace(graph, pv_video=graph_rows, num_video=self.num_graph_rows))
         self.convs = nn.ModuleList(PHRConv(cfg.dim_latent, aggr=cfg.aggr_mode, attention=cfg.attention == "on",
                                            messages=cfg.messages)
                                    for _ in range(cfg.num_layers))
@@ -316,19 +361,43 @@ class GCNPHR(_GraphRanker):
         for conv in self.convs:
             conv.reset_parameters()
 
-    def propagate(self, hidden_rows: Tensor | None = None) -> Reps:
-        """Full-graph propagation; ``hidden_rows`` ``[B]`` hides those training rows' edges."""
+    @staticmethod
+    def graph_videos_first(graph: PairGraph) -> Tensor:
+        """``[V]`` every video, those of the training graph first (each group in id order)."""
+        in_graph = torch.zeros(graph.num_video, dtype=torch.bool)
+        in_graph[graph.pv_video.cpu()] = True                          # [V]
+        return torch.cat([in_graph.nonzero().squeeze(1), (~in_graph).nonzero().squeeze(1)])
+
+    def video_repr(self) -> Tensor:
+        return self._by_video(F.leaky_relu(self.video_proj(self.features), NEGATIVE_SLOPE))
+
+    def _by_video(self, z_rows: Tensor) -> Tensor:
+        """``[V, d]`` in video order from the first rows of ``features``' order (the others stay zero)."""
+        z = z_rows.new_zeros(self.features.size(0), z_rows.size(1))
+        return z.index_copy(0, self.video_order[: z_rows.size(0)], z_rows)
+
+    def batch_reps(self, users: Tensor, tags: Tensor, hidden_rows: Tensor | None) -> Reps:
+        return self.propagate(hidden_rows, outputs=(users, tags))
+
+    def propagate(self, hidden_rows: Tensor | None = None, outputs: tuple[Tensor, Tensor] | None = None) -> Reps:
+        """Full-graph propagation; ``hidden_rows`` ``[B]`` hides those training rows' edges. With ``outputs``
+        (users, hashtags), as for a training batch, only their rows of ``Reps.user``/``Reps.tag`` are exact
+        (the last layer visits only their pairs; the other rows are not meaningful) and ``Reps.video``
+        only for the videos of the training graph (only their features are projected; the others are 0)."""
         graph = self.graph
         edge_mask = None
         if hidden_rows is not None:
             hidden = torch.zeros(graph.row_pair.numel(), dtype=torch.bool, device=hidden_rows.device)
             hidden[hidden_rows] = True                                  # [R]
             edge_mask = ~hidden[graph.pv_row]                           # [E]
-        z = self.video_repr()                                           # [V, d]
+        rows = self.features if outputs is None else self.features[: self.num_graph_rows]
+        z_rows = F.leaky_relu(self.video_proj(rows), NEGATIVE_SLOPE, inplace=True)  # [V or V_graph, d], rows' order
+        z_graph = z_rows[: self.num_graph_rows]                         # [V_graph, d] the graph's videos
         x_user, x_tag = self.user_emb, self.tag_emb
-        for conv in self.convs:
-            x_user, x_tag = conv(x_user, x_tag, z, graph, edge_mask=edge_mask)
-        return Reps(x_user, x_tag, z)
+        for layer, conv in enumerate(self.convs, start=1):
+            x_user, x_tag = conv(x_user, x_tag, z_graph, graph, edge_mask=edge_mask, index=self.index,
+                                 outputs=outputs if layer == len(self.convs) else None)
+        return Reps(x_user, x_tag, self._by_video(z_rows))
 
 
 class ReleasedGCN(_GraphRanker):

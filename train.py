@@ -94,6 +94,9 @@ def build_model(cfg: Config, ds: Dataset, features: Tensor | None = None) -> Ran
         return UserPopularity(ds.train, ds.graph)
     if name == "mf":
         return MatrixFactorization(cfg, ds.num_user, ds.num_hashtag)
+    if name == "gcn_phr" and cfg.graph == "pairs" and features is None:
+        order = GCNPHR.graph_videos_first(ds.graph)  # feature rows of the training graph's videos first:
+        return GCNPHR(cfg, ds.graph, ds.features(order), video_order=order)  # a step projects only those
     features = ds.features() if features is None else features
     if name == "content":
         return ContentModel(cfg, features, ds.num_hashtag)
@@ -199,7 +202,8 @@ def run(cfg: Config, out: Path, device: torch.device, allow_pickle: bool = False
         batches = order.split(cfg.batch_size)
         for rows in tqdm(batches, desc=f"epoch {epoch}", leave=False, disable=not progress):
             users, videos, pos = train_rows[rows].unbind(1)                      # [B] each
-            loss = model.loss(users, videos, pos, neg[rows], rows)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.amp):
+                loss = model.loss(users, videos, pos, neg[rows], rows)
             if not torch.isfinite(loss):
                 raise SystemExit(f"error: epoch {epoch}: the loss is {loss.item()}; stopping "
                                  f"(the best checkpoint so far stays in {out})")
