@@ -245,7 +245,8 @@ class Reps(NamedTuple):
 
 class _GraphRanker(Ranker):
     """Shared parts of GCN-PHR and the released variant: id embeddings, the video projection,
-    the fixed graph and features as non-persistent buffers, the scorer, BPR loss."""
+    the fixed graph and features as non-persistent buffers, the scorer, BPR loss. A subclass builds its layers
+    as ``self.convs`` and then calls :meth:`reset_parameters`."""
 
     def __init__(self, cfg: Config, graph: PairGraph, features: Tensor) -> None:
         super().__init__()
@@ -271,6 +272,8 @@ class _GraphRanker(Ranker):
         nn.init.xavier_uniform_(self.video_proj.weight)
         nn.init.zeros_(self.video_proj.bias)
         self.scoring.reset_parameters()
+        for conv in self.convs:
+            conv.reset_parameters()
 
     @property
     def graph(self) -> PairGraph:
@@ -356,11 +359,6 @@ class GCNPHR(_GraphRanker):
                                    for _ in range(cfg.num_layers))
         self.reset_parameters()
 
-    def reset_parameters(self) -> None:
-        super().reset_parameters()
-        for conv in self.convs:
-            conv.reset_parameters()
-
     @staticmethod
     def graph_videos_first(graph: PairGraph) -> Tensor:
         """``[V]`` every video, those of the training graph first (each group in id order)."""
@@ -420,11 +418,6 @@ class ReleasedGCN(_GraphRanker):
                                    for _ in range(cfg.num_layers))
         self.reset_parameters()
 
-    def reset_parameters(self) -> None:
-        super().reset_parameters()
-        for conv in self.convs:
-            conv.reset_parameters()
-
     def propagate(self, hidden_rows: Tensor | None = None) -> Reps:
         z = self.video_repr()
         x_user, x_tag = self.user_emb, self.tag_emb
@@ -478,11 +471,6 @@ class HomogeneousGCN(_GraphRanker):
         self.register_buffer("row_edges", row_edges, persistent=False)
         self.convs = nn.ModuleList(GCNConv(cfg.dim_latent, cfg.dim_latent) for _ in range(cfg.num_layers))
         self.reset_parameters()
-
-    def reset_parameters(self) -> None:
-        super().reset_parameters()
-        for conv in self.convs:
-            conv.reset_parameters()
 
     def edge_index(self, hidden_rows: Tensor | None = None) -> Tensor:
         """``[2, 2 N_e']`` both directions of every edge that a visible training row supports
