@@ -4,8 +4,9 @@ Measures, in one run and side by side:
 
 - loading the dataset in the project format (memory-mapped features; ``data_load.load_dataset``) and
   materialising the contiguous float32 feature matrix (``Dataset.features``);
-- the training step of ``gcn_phr`` and ``released`` (median over ``--steps`` steps after warm-up; the
-  step of ``train.py``: loss, backward, Adam), the projected epoch, and — interleaved with those steps,
+- the training step of ``gcn_phr`` and ``released`` (models built by ``train.build_model``; median over
+  ``--steps`` steps after warm-up; the step of ``train.py``: loss, backward, Adam, with ``--amp`` under
+  bf16 autocast), the projected epoch, and — interleaved with those steps,
   so both see the same machine — the step's dense products alone: the video feature projection
   ``LReLU(W_f f_v + b_f)`` of every video, forward and backward. ``step ÷ dense`` is the share of a
   step that is not that arithmetic;
