@@ -70,3 +70,16 @@ def tiny_dir(tmp_path_factory) -> Path:
 def tiny(tiny_dir):
     """The loaded ``tiny`` dataset (shared: tests must not modify it)."""
     return data_load.load_dataset(tiny_dir)
+
+
+def training_batch(ds, n=64, seed=0):
+    """``(users, videos, pos, neg, rows)`` of ``n`` seeded training rows of ``ds`` with uniform negatives."""
+    import torch
+
+    import train
+
+    gen = torch.Generator().manual_seed(seed)
+    rows = torch.randperm(len(ds.train), generator=gen)[:n]
+    users, videos, pos = ds.train[rows].unbind(1)
+    neg = train.NegativeSampler(ds.train, ds.num_hashtag, 0.0, gen).sample()[rows]
+    return users, videos, pos, neg, rows

@@ -8,6 +8,7 @@ visible row supports; the switches are refused for other models.
 
 import pytest
 import torch
+from conftest import training_batch as _batch
 
 import train
 from model import GCNPHR, Config, HomogeneousGCN
@@ -34,12 +35,6 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
-def _batch(ds, n=64, seed=0):
-    gen = torch.Generator().manual_seed(seed)
-    rows = torch.randperm(len(ds.train), generator=gen)[:n]
-    users, videos, pos = ds.train[rows].unbind(1)
-    neg = train.NegativeSampler(ds.train, ds.num_hashtag, 0.0, gen).sample()[rows]
-    return users, videos, pos, neg, rows
 
 
 def _homogeneous(tiny, **kw):

@@ -11,6 +11,7 @@ from fractions import Fraction
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import training_batch as _batch
 
 import train
 from baselines import CSMN, ConTagNet, tfidf_context, warp_loss, warp_rank_weight
@@ -36,12 +37,6 @@ def _model(tiny, name, loss="native", **kw):
     return train.build_model(cfg, tiny)
 
 
-def _batch(ds, n=64, seed=0):
-    gen = torch.Generator().manual_seed(seed)
-    rows = torch.randperm(len(ds.train), generator=gen)[:n]
-    users, videos, pos = ds.train[rows].unbind(1)
-    neg = train.NegativeSampler(ds.train, ds.num_hashtag, 0.0, gen).sample()[rows]
-    return users, videos, pos, neg, rows
 
 
 def _all_tags(ds, n):

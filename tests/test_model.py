@@ -4,6 +4,7 @@ import dataclasses
 
 import pytest
 import torch
+from conftest import training_batch as _batch
 
 import train
 from data_load import build_pair_graph
@@ -16,12 +17,6 @@ def _cfg(**kw):
     return Config(dim_latent=16, **kw)
 
 
-def _batch(ds, n=64, seed=0):
-    gen = torch.Generator().manual_seed(seed)
-    rows = torch.randperm(len(ds.train), generator=gen)[:n]
-    users, videos, pos = ds.train[rows].unbind(1)
-    neg = train.NegativeSampler(ds.train, ds.num_hashtag, 0.0, gen).sample()[rows]
-    return users, videos, pos, neg, rows
 
 
 @pytest.mark.parametrize("name", TRAINABLE)
