@@ -229,6 +229,37 @@ def _validate(a: _Arrays, num_neg: int | None) -> None:
     train_videos[a.train[:, 1] - ids.offset("video")] = True
     train_users = np.zeros(ids.num_user, dtype=bool)
     train_users[a.train[:, 0]] = True
+    by_video = np.argsort(a.train[:, 1], kind="stable")                    # [R] rows grouped by video
+    other = np.flatnonzero((np.diff(a.train[by_video, 1]) == 0) & (np.diff(a.train[by_video, 0]) != 0))
+    if other.size:
+        r0, r1 = int(by_video[other[0]]), int(by_video[other[0] + 1])
+        raise _fail(src["train"], r1, "one user per video", f"video {int(a.train[r1, 1])} with user "
+                    f"{int(a.train[r1, 0])} here and user {int(a.train[r0, 0])} on row {r0}")
+
+    vt = src["video_hashtag"]
+    if a.vt_ptr.ndim != 1 or a.vt_idx.ndim != 1:
+        raise _fail(vt, None, "a 1-D ptr and a 1-D idx (CSR)", f"ptr {a.vt_ptr.shape}, idx {a.vt_idx.shape}")
+    if a.vt_ptr.shape != (ids.num_video + 1,) or a.vt_ptr[0] != 0 or a.vt_ptr[-1] != a.vt_idx.shape[0]:
+        raise _fail(vt, None, f"one hashtag list per video ({ids.num_video})", f"{a.vt_ptr.shape[0] - 1}")
+    shrink = np.flatnonzero(np.diff(a.vt_ptr) < 0)
+    if shrink.size:
+        raise _fail(vt, int(shrink[0]), "a non-decreasing ptr (CSR)", "a negative count")
+    vt_sorted, vt_line = _sorted_segments(a.vt_ptr, a.vt_idx)          # [sum k] each video's tags, sorted
+    bad = np.flatnonzero((a.vt_idx < ids.offset("hashtag")) | (a.vt_idx >= ids.offset("video")))
+    if bad.size:
+        raise _fail(vt, int(vt_line[bad[0]]), "hashtag ids", int(a.vt_idx[bad[0]]))
+    rep = np.flatnonzero((np.diff(vt_sorted) == 0) & (np.diff(vt_line) == 0))
+    if rep.size:
+        raise _fail(vt, int(vt_line[rep[0]]), "distinct hashtags per video", f"hashtag {int(vt_sorted[rep[0]])} twice")
+    vt_key = vt_line * ids.num_hashtag + (vt_sorted - ids.offset("hashtag"))            # sorted (video, tag)
+    train_key = (a.train[:, 1] - ids.offset("video")) * ids.num_hashtag + (a.train[:, 2] - ids.offset("hashtag"))
+    found = vt_key[np.minimum(np.searchsorted(vt_key, train_key), vt_key.shape[0] - 1)] == train_key \
+        if vt_key.size else np.zeros(train_key.shape, dtype=bool)
+    stray = np.flatnonzero(~found)
+    if stray.size:
+        r = int(stray[0])
+        raise _fail(src["train"], r, f"a hashtag of the row's video (as listed in {Path(vt).name})",
+                    f"hashtag {int(a.train[r, 2])} on video {int(a.train[r, 1])}")
 
     seen_video = {}
     for name in SPLITS:
@@ -243,6 +274,8 @@ def _validate(a: _Arrays, num_neg: int | None) -> None:
             raise _fail(path, None, "at least one line", "an empty split")
         if num_neg is not None and neg.shape[1] != num_neg:
             raise _fail(path, 0, f"exactly {num_neg} negatives per line", neg.shape[1])
+        if ptr.ndim != 1:
+            raise _fail(path, None, f"pos_ptr of length {lines + 1} from 0 to {pos.shape[0]}", f"shape {ptr.shape}")
         if ptr.shape != (lines + 1,) or ptr[0] != 0 or ptr[-1] != pos.shape[0]:
             raise _fail(path, None, f"pos_ptr of length {lines + 1} from 0 to {pos.shape[0]}",
                         f"length {ptr.shape[0]} from {ptr[:1].tolist()} to {ptr[-1:].tolist()}")
@@ -257,11 +290,16 @@ def _validate(a: _Arrays, num_neg: int | None) -> None:
         if bad.size:
             raise _fail(path, int(pos_line[bad[0]]), "positive hashtag ids in "
                         f"[{ids.offset('hashtag')}, {ids.offset('video')})", int(pos[bad[0]]))
+        pos_sorted, _ = _sorted_segments(ptr, pos)                         # [sum k] each line's, sorted
+        rep = np.flatnonzero((np.diff(pos_sorted) == 0) & (np.diff(pos_line) == 0))
+        if rep.size:
+            raise _fail(path, int(pos_line[rep[0]]), "distinct positive hashtags on a line",
+                        f"hashtag {int(pos_sorted[rep[0]])} twice")
+        local_v = videos - ids.offset("video")
         unseen = np.flatnonzero(~train_users[users])
         if unseen.size:
             raise _fail(path, int(unseen[0]), "a user with training videos (test users are seen in "
                         "training)", f"user {int(users[unseen[0]])}")
-        local_v = videos - ids.offset("video")
         leak = np.flatnonzero(train_videos[local_v])
         if leak.size:
             raise _fail(path, int(leak[0]), "a video that is not in the training split",
@@ -277,6 +315,15 @@ def _validate(a: _Arrays, num_neg: int | None) -> None:
                 raise _fail(path, int(clash[0]), f"a video not also in the {other} split",
                             f"video {int(videos[clash[0]])}")
         seen_video[name] = local_v
+        count_v = np.diff(a.vt_ptr)[local_v]                               # [L] hashtags of each line's video
+        wrong = np.flatnonzero(k != count_v)
+        if not wrong.size:                                                 # compare the sorted lists
+            at = np.repeat(a.vt_ptr[local_v] - ptr[:-1], k) + np.arange(pos.shape[0])   # [sum k] into vt_sorted
+            wrong = np.unique(pos_line[pos_sorted != vt_sorted[at]])
+        if wrong.size:
+            line = int(wrong[0])
+            raise _fail(path, line, f"the hashtags of video {int(videos[line])} in {Path(vt).name} as positives",
+                        pos[ptr[line]:ptr[line + 1]].tolist())
         for start in range(0, pos.shape[0], _CHUNK):     # each positive against its line's negatives
             clash = np.flatnonzero((neg[pos_line[start:start + _CHUNK]] == pos[start:start + _CHUNK, None])
                                    .any(axis=1))
@@ -289,20 +336,6 @@ def _validate(a: _Arrays, num_neg: int | None) -> None:
         rep = np.flatnonzero((np.diff(neg_sorted, axis=1) == 0).any(axis=1))
         if rep.size:
             raise _fail(path, int(rep[0]), "distinct negatives on a line", "a repeated negative")
-
-    if a.vt_ptr.shape != (ids.num_video + 1,) or a.vt_ptr[0] != 0 or a.vt_ptr[-1] != a.vt_idx.shape[0]:
-        raise _fail(src["video_hashtag"], None, f"one hashtag list per video ({ids.num_video})",
-                    f"{a.vt_ptr.shape[0] - 1}")
-    shrink = np.flatnonzero(np.diff(a.vt_ptr) < 0)
-    if shrink.size:
-        raise _fail(src["video_hashtag"], int(shrink[0]), "a non-decreasing ptr (CSR)", "a negative count")
-    if a.vt_idx.ndim != 1:
-        raise _fail(src["video_hashtag"], None, "a 1-D idx", f"shape {a.vt_idx.shape}")
-    if a.vt_idx.size:
-        vt_line = np.repeat(np.arange(ids.num_video), np.diff(a.vt_ptr))
-        bad = np.flatnonzero((a.vt_idx < ids.offset("hashtag")) | (a.vt_idx >= ids.offset("video")))
-        if bad.size:
-            raise _fail(src["video_hashtag"], int(vt_line[bad[0]]), "hashtag ids", int(a.vt_idx[bad[0]]))
 
     if not a.blocks:
         raise _fail(src.get("features", "features"), None, "at least one feature block", "none")
@@ -324,6 +357,18 @@ def _validate(a: _Arrays, num_neg: int | None) -> None:
         if len(a.names[kind]) != ids.count(kind):
             raise _fail(src.get(f"names:{kind}", kind), None, f"{ids.count(kind)} {kind} names",
                         len(a.names[kind]))
+        if len(set(a.names[kind])) != len(a.names[kind]):
+            first: dict[str, int] = {}
+            for row, name in enumerate(a.names[kind]):
+                if first.setdefault(name, row) != row:
+                    raise _fail(src.get(f"names:{kind}", kind), row, f"distinct {kind} names",
+                                f"{name!r} again (row {first[name]})")
+
+
+def _sorted_segments(ptr: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``values`` sorted within each CSR segment of ``ptr`` (segments stay in order), and each one's segment."""
+    seg = np.repeat(np.arange(ptr.shape[0] - 1), np.diff(ptr))               # [sum k], non-decreasing
+    return values[np.lexsort((values, seg))], seg
 
 
 # --------------------------------------------------------------------------------------------
@@ -460,14 +505,20 @@ def _read_project(path: Path) -> _Arrays:
     if meta["format_version"] != FORMAT_VERSION:
         raise _fail(meta_path, None, f"format_version {FORMAT_VERSION}", meta["format_version"])
     counts = [meta[k] for k in need[1:5]]
-    if not all(isinstance(c, int) and c >= 0 for c in counts):
+    if not all(isinstance(c, int) and not isinstance(c, bool) and c >= 0 for c in counts):
         raise _fail(meta_path, None, f"non-negative integers {list(need[1:5])}", counts)
     if not isinstance(meta["features"], list) or not all(
             isinstance(f, dict) and {"name", "file", "dim"} <= f.keys() for f in meta["features"]):
         raise _fail(meta_path, None, 'features: a list of {"name", "file", "dim"}',
                     json.dumps(meta["features"])[:60])
+    for i, spec in enumerate(meta["features"]):
+        name, file, dim = spec["name"], spec["file"], spec["dim"]
+        if not (isinstance(name, str) and name and isinstance(file, str) and file == Path(file).name
+                and file not in ("", ".", "..") and isinstance(dim, int) and not isinstance(dim, bool) and dim > 0):
+            raise _fail(meta_path, None, f"features[{i}]: a name, a file name inside the dataset directory "
+                        "and a positive integer dim", json.dumps(spec)[:80])
     ids = IdSpace(*counts[:3])
-    src = {"train": path / "train.npy", "video_hashtag": path / "video_hashtag.npz"}
+    src = {"train": path / "train.npy", "video_hashtag": path / "video_hashtag.npz", "features": meta_path}
     train = _load_npy(src["train"])
     if train.dtype.kind not in "iu":
         raise _fail(src["train"], None, "an integer array", str(train.dtype))

@@ -734,6 +734,123 @@ def user_names_not_utf8(d, ids):
     return "user_list.txt", "row 2: expected UTF-8 text, got undecodable bytes"
 
 
+@malformed
+def hashtag_names_repeated(d, ids):
+    names = (d / "hashtag_list.txt").read_text().splitlines()
+    names[5] = names[2]
+    (d / "hashtag_list.txt").write_text("".join(f"{n}\n" for n in names))
+    return "hashtag_list.txt", f"row 5: expected distinct hashtag names, got {names[2]!r} again (row 2)"
+
+
+@malformed
+def meta_count_is_a_boolean(d, ids):
+    update_meta(d, num_user=True)
+    return "meta.json", "expected non-negative integers ['num_user', 'num_hashtag', 'num_video', 'num_neg'], got [True"
+
+
+@malformed
+def meta_feature_file_outside_the_dataset(d, ids):
+    update_meta(d, features=[{"name": "visual", "file": "../../features_visual.npy", "dim": 6}])
+    return "meta.json", "expected features[0]: a name, a file name inside the dataset directory and a positive " \
+                        "integer dim, got {"
+
+
+@malformed
+def meta_feature_dim_not_an_integer(d, ids):
+    specs = read_meta(d)["features"]
+    specs[1]["dim"] = "4"
+    update_meta(d, features=specs)
+    return "meta.json", "expected features[1]: a name, a file name inside the dataset directory"
+
+
+@malformed
+def meta_feature_file_null(d, ids):
+    specs = read_meta(d)["features"]
+    specs[0]["file"] = None
+    update_meta(d, features=specs)
+    return "meta.json", "expected features[0]: "
+
+
+@malformed
+def meta_no_feature_blocks(d, ids):
+    update_meta(d, features=[])
+    return "meta.json", "expected at least one feature block, got none"
+
+
+def _video_with_tags(d, ids, at_least: int) -> int:
+    """Local id of the first training video with at least ``at_least`` hashtags."""
+    ptr = read_npz(d / "video_hashtag.npz")["ptr"]
+    train_v = set(ids.to_local("video", np.load(d / "train.npy")[:, 1]).tolist())
+    return next(v for v in range(ids.num_video) if ptr[v + 1] - ptr[v] >= at_least and v in train_v)
+
+
+@malformed
+def train_video_with_two_users(d, ids):
+    t = np.load(d / "train.npy")
+    v = ids.offset("video") + _video_with_tags(d, ids, 2)
+    r0, r1 = np.flatnonzero(t[:, 1] == v)[:2]
+    u0 = t[r0, 0]
+    t[r1, 0] = (u0 + 1) % ids.num_user
+    np.save(d / "train.npy", t)
+    return "train.npy", (f"row {r1}: expected one user per video, got video {v} with user {t[r1, 0]} here and "
+                         f"user {u0} on row {r0}")
+
+
+@malformed
+def train_hashtag_not_on_its_video(d, ids):
+    t = np.load(d / "train.npy")
+    on_video = set(t[t[:, 1] == t[0, 1], 2].tolist())
+    h = next(h for h in range(ids.offset("hashtag"), ids.offset("video")) if h not in on_video)
+    t[0, 2] = h
+    np.save(d / "train.npy", t)
+    return "train.npy", (f"row 0: expected a hashtag of the row's video (as listed in video_hashtag.npz), "
+                         f"got hashtag {h} on video {t[0, 1]}")
+
+
+@malformed
+def video_hashtag_repeated(d, ids):
+    vt = read_npz(d / "video_hashtag.npz")
+    v = _video_with_tags(d, ids, 2)
+    vt["idx"][vt["ptr"][v] + 1] = vt["idx"][vt["ptr"][v]]
+    np.savez(d / "video_hashtag.npz", **vt)
+    h = vt["idx"][vt["ptr"][v]]
+    return "video_hashtag.npz", f"row {v}: expected distinct hashtags per video, got hashtag {h} twice"
+
+
+@malformed
+def video_hashtag_two_dimensional(d, ids):
+    vt = read_npz(d / "video_hashtag.npz")
+    np.savez(d / "video_hashtag.npz", ptr=vt["ptr"], idx=vt["idx"][:, None])
+    return "video_hashtag.npz", f"expected a 1-D ptr and a 1-D idx (CSR), got ptr ({ids.num_video + 1},), idx ("
+
+
+@malformed
+def val_pos_ptr_scalar(d, ids):
+    update_npz(d / "val.npz", pos_ptr=np.int64(0))
+    return "val.npz", "expected pos_ptr of length "
+
+
+@malformed
+def val_repeated_positive(d, ids):
+    s = read_npz(d / "val.npz")
+    line = int(np.flatnonzero(np.diff(s["pos_ptr"]) >= 2)[0])
+    s["pos"][s["pos_ptr"][line] + 1] = s["pos"][s["pos_ptr"][line]]
+    np.savez(d / "val.npz", **s)
+    return "val.npz", f"row {line}: expected distinct positive hashtags on a line, got hashtag " \
+                      f"{s['pos'][s['pos_ptr'][line]]} twice"
+
+
+@malformed
+def split_test_positive_not_on_its_video(d, ids):
+    s = read_npz(d / "test.npz")
+    taken = set(s["pos"][: s["pos_ptr"][1]].tolist()) | set(s["negatives"][0].tolist())
+    h = next(h for h in range(ids.offset("hashtag"), ids.offset("video")) if h not in taken)
+    s["pos"][0] = h
+    np.savez(d / "test.npz", **s)
+    return "test.npz", (f"row 0: expected the hashtags of video {s['videos'][0]} in video_hashtag.npz as positives, "
+                        f"got {s['pos'][: s['pos_ptr'][1]].tolist()}")
+
+
 @pytest.mark.parametrize("name", list(MALFORMED))
 def test_malformed_dataset(name, tiny_dataset, tmp_path):
     d = tmp_path / "bad"
