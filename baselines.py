@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from data_load import PairGraph
-from model import Config, Ranker, ScoreFn, bpr_loss
+from model import AllScoreFn, Config, Ranker, ScoreFn, bpr_loss
 
 
 class Popularity(Ranker):
@@ -48,6 +48,9 @@ class Popularity(Ranker):
 
     def scorer(self) -> ScoreFn:
         return lambda users, videos, cand: self.count[cand]
+
+    def all_scorer(self) -> AllScoreFn:
+        return lambda users, videos: self.count.expand(users.numel(), -1)       # [B, H]
 
 
 class UserPopularity(Ranker):
@@ -72,6 +75,17 @@ class UserPopularity(Ranker):
             return count + self.tie[cand]
         return score
 
+    def all_scorer(self) -> AllScoreFn:
+        def score(users: Tensor, videos: Tensor) -> Tensor:
+            first = torch.searchsorted(self.pair_key, users * self.num_hashtag)          # [B] the user's pairs:
+            count = torch.searchsorted(self.pair_key, (users + 1) * self.num_hashtag) - first   # [B] a range
+            line = torch.repeat_interleave(torch.arange(users.numel(), device=users.device), count)   # [n]
+            at = torch.arange(line.numel(), device=users.device) - (count.cumsum(0) - count)[line] + first[line]
+            out = self.tie.new_zeros(users.numel(), self.num_hashtag)                    # [B, H]
+            out[line, self.pair_key[at] - users[line] * self.num_hashtag] = self.pair_count[at]
+            return out.add_(self.tie)
+        return score
+
 
 class ContentModel(Ranker):
     """``content``: s(v, h) = ⟨P f_v, e_h⟩ — what the video's features alone say, trained with BPR."""
@@ -94,6 +108,9 @@ class ContentModel(Ranker):
             return torch.einsum("bd,bcd->bc", v, self.tag_emb[cand])             # [B, C]
         return score
 
+    def all_scorer(self) -> AllScoreFn:
+        return lambda users, videos: self.proj(self.features[videos]) @ self.tag_emb.T   # [B, H]
+
 
 class MatrixFactorization(Ranker):
     """``mf``: s(u, h) = ⟨e_u, e_h⟩ trained with BPR on the training rows (the video is ignored)."""
@@ -113,6 +130,9 @@ class MatrixFactorization(Ranker):
         def score(users: Tensor, videos: Tensor, cand: Tensor) -> Tensor:
             return torch.einsum("bd,bcd->bc", self.user_emb[users], self.tag_emb[cand])
         return score
+
+    def all_scorer(self) -> AllScoreFn:
+        return lambda users, videos: self.user_emb[users] @ self.tag_emb.T        # [B, H]
 
 
 # --------------------------------------------------------------------------------------------
@@ -243,6 +263,14 @@ class _PaperBaseline(Ranker):
     def scorer(self) -> ScoreFn:
         return self.score
 
+    def score_all(self, users: Tensor, videos: Tensor) -> Tensor:
+        """``[B, H]`` the scores of every hashtag; by default :meth:`score` with every hashtag as candidate."""
+        every = torch.arange(self.num_hashtag, device=users.device)
+        return self.score(users, videos, every.expand(users.numel(), -1))
+
+    def all_scorer(self) -> AllScoreFn:
+        return self.score_all
+
 
 class UTM(_PaperBaseline):
     r"""``utm``: user-conditional hashtag prediction (Denton, Weston, Paluri, Bourdev, Fergus, KDD 2015).
@@ -303,6 +331,9 @@ class UTM(_PaperBaseline):
 
     def score(self, users, videos, cand):
         return torch.einsum("bd,bcd->bc", self.query(users, videos), self.tag_emb[cand])   # [B, C]
+
+    def score_all(self, users, videos):
+        return self.query(users, videos) @ self.tag_emb.T                                # [B, H]
 
     def native_loss(self, users, videos, pos):
         every = self.query(users, videos) @ self.tag_emb.T                              # [B, H]
@@ -375,6 +406,9 @@ class ConTagNet(_PaperBaseline):
 
     def score(self, users, videos, cand):
         return self.logits(users, videos).gather(1, cand)                              # [B, C]
+
+    def score_all(self, users, videos):
+        return self.logits(users, videos)                                              # [B, H]
 
     def native_loss(self, users, videos, pos):
         target = self.multi_hot(videos).float()                                        # [B, H]
@@ -578,6 +612,10 @@ class CSMN(_PaperBaseline):
 
         return score
 
+    def all_scorer(self) -> AllScoreFn:
+        mem = self._token_memory(torch.arange(self.num_hashtag + 1, device=self.context.device))   # once
+        return lambda users, videos: self._first_step(users, videos, mem)[:, : self.num_hashtag]   # [B, H]
+
     def target_sequences(self, videos: Tensor, pos: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """Teacher-forcing inputs ``[B, T]`` (GO, y₁ …), targets ``[B, T]`` (y₁ …, EOS) and the mask of
         real steps ``[B, T]``: the row's positive first, the video's other training hashtags in a random
@@ -655,6 +693,9 @@ class USHM(_PaperBaseline):
     def score(self, users, videos, cand):
         q = self.query(users, videos)                                                  # [B, d]
         return torch.einsum("bd,bcd->bc", q, self.tag_emb[cand]) + self.tag_bias[cand]   # [B, C]
+
+    def score_all(self, users, videos):
+        return torch.addmm(self.tag_bias, self.query(users, videos), self.tag_emb.T)     # [B, H]
 
     def native_loss(self, users, videos, pos):
         logits = self.query(users, videos) @ self.tag_emb.T + self.tag_bias            # [B, H]
