@@ -15,8 +15,11 @@ config. Users, videos and hashtags are named by the string ids of the dataset's 
 
 New micro-videos enter as feature rows appended to the dataset's: they get local ids V, V+1, … and,
 like val/test videos, are not in the training graph, so the graph and the trained weights are
-unchanged. Ranking is vectorised: the propagation runs once (``Ranker.scorer()``), then every batch
-of B lines scores the candidate matrix ``[B, H]`` and keeps its top K.
+unchanged. Ranking is vectorised: the propagation runs once (``Ranker.all_scorer()``, or
+``Ranker.scorer()`` with every hashtag as candidate for a ranker without it), the lines are grouped
+by user, and every batch of B lines scores all hashtags ``[B, H]`` and keeps its top K. Grouping
+matters for GCN-PHR and the released variant: their hashtag side h̄ = MLP_h([h ‖ u]) depends on the
+user only, so it is computed once per distinct user of a batch, not once per line.
 
 A user the model has never seen (not in ``user_list.txt``) gets a notice and the stand-in of
 :data:`FALLBACK`: the *average known user* for models that read content, global training popularity
@@ -47,12 +50,15 @@ from tqdm import tqdm
 import train
 from baselines import Popularity
 from data_load import DataError, Dataset, load_dataset
-from model import Config, Ranker, ScoreFn
+from model import AllScoreFn, Config, Ranker, ScoreFn
 
-SCORE_CELLS = 2 ** 15
-"""Default batch: as many lines as keep B × H ≤ this many scores (at least one line). Scoring is
-memory-bound, so small batches whose ``[B, H, d]`` intermediates stay in cache are the fastest
-(measured: one line at a time for H = 23,054 is about 3× faster per line than 22)."""
+SCORE_CELLS = 2 ** 20
+"""Default batch: as many lines as keep the ``[B, H]`` score matrix ≤ this many scores (at least one
+line), 4 MiB in float32."""
+
+GROUP_LINES = 2 ** 16
+"""Lines are grouped by user within blocks of this many lines (a block's top K are kept until the block
+is done)."""
 
 FALLBACK = {
     "gcn_phr": "the average known user: the mean of every user's propagated representation x_u^L, "
@@ -110,14 +116,24 @@ def open_run(run, data_path=None, allow_pickle: bool = False) -> tuple[Path, Con
     return ckpt, cfg, load_dataset(data_path, allow_pickle=allow_pickle)
 
 
-def unseen_user_scorer(model: Ranker, cfg: Config, ds: Dataset) -> ScoreFn:
-    """The model's ``score(users [B], videos [B], cand [B, C]) -> [B, C]`` with one more user id,
-    ``U``: the stand-in for every user the model has never seen (:data:`FALLBACK`).
+def _with_all(score: ScoreFn, score_all: AllScoreFn | None, num_tag: int) -> tuple[ScoreFn, AllScoreFn]:
+    """``(score, score_all)``; a ranker without ``all_scorer()`` ranks every hashtag through ``score``."""
+    if score_all is None:
+        def score_all(users: Tensor, videos: Tensor) -> Tensor:
+            every = torch.arange(num_tag, device=users.device)                             # [H]
+            return score(users, videos, every.expand(users.numel(), num_tag))              # [B, H]
+    return score, score_all
+
+
+def unseen_user_scorers(model: Ranker, cfg: Config, ds: Dataset) -> tuple[ScoreFn, AllScoreFn]:
+    """The model's ``score(users [B], videos [B], cand [B, C]) -> [B, C]`` and ``score_all(users [B],
+    videos [B]) -> [B, H]`` (the same scores for every hashtag: ``Ranker.all_scorer()``, faster) with one
+    more user id, ``U``: the stand-in for every user the model has never seen (:data:`FALLBACK`).
 
     Call under ``torch.no_grad()``; the models that keep a user table (UTM, USHM, ConTagNet, CSMN)
     get one more row in it.
     """
-    name, num_user = cfg.model_name, ds.num_user
+    name, num_user, num_tag = cfg.model_name, ds.num_user, ds.num_hashtag
     if name in ("gcn_phr", "released"):
         reps = model.propagate()
         user = torch.cat([reps.user, reps.user.mean(0, keepdim=True)])             # [U+1, d]
@@ -127,29 +143,57 @@ def unseen_user_scorer(model: Ranker, cfg: Config, ds: Dataset) -> ScoreFn:
             tags = F.embedding(cand, tag_part)                  # [B, C, d]; = tag_part[cand], 3x faster
             return model.scoring(user[users], reps.video[videos], tag_part=tags)
 
-        return score
+        def score_all(users: Tensor, videos: Tensor) -> Tensor:
+            distinct, of_line = torch.unique(users, return_inverse=True)               # [G], [B]
+            return model.scoring.score_all(user[distinct], reps.video[videos], of_line, tag_part)
+
+        return score, score_all
     if name in ("utm", "ushm", "contagnet"):
         emb = model.user_emb
         model.user_emb = nn.Parameter(torch.cat([emb, emb.mean(0, keepdim=True)]), requires_grad=False)
-        return model.scorer()
+        return _with_all(model.scorer(), model.all_scorer(), num_tag)
     if name == "csmn":
         count = torch.bincount(ds.train[:, 2], minlength=ds.num_hashtag)                 # [H]
         top = count.argsort(descending=True, stable=True)[: model.context.size(1)]
         device = model.context.device
         model.context = torch.cat([model.context, top.unsqueeze(0).to(device)])          # [U+1, S_c]
         model.context_mask = torch.cat([model.context_mask, (count[top] > 0).unsqueeze(0).to(device)])
-        return model.scorer()
+        return _with_all(model.scorer(), model.all_scorer(), num_tag)
     if name == "mf":
-        known = model.scorer()
-        popular = Popularity(ds.train, ds.num_hashtag).to(model.user_emb.device).scorer()
+        popularity = Popularity(ds.train, ds.num_hashtag).to(model.user_emb.device)
+        known, popular = model.scorer(), popularity.scorer()
+        known_all, popular_all = _with_all(known, model.all_scorer(), num_tag)[1], popularity.all_scorer()
 
         def score(users: Tensor, videos: Tensor, cand: Tensor) -> Tensor:
             unseen = (users == num_user).unsqueeze(1)                                      # [B, 1]
             return torch.where(unseen, popular(users, videos, cand),
                                known(users.clamp(max=num_user - 1), videos, cand))
 
-        return score
-    return model.scorer()      # pop and content ignore the user; userpop: user U has no pairs
+        def score_all(users: Tensor, videos: Tensor) -> Tensor:
+            unseen = (users == num_user).unsqueeze(1)                                      # [B, 1]
+            return torch.where(unseen, popular_all(users, videos),
+                               known_all(users.clamp(max=num_user - 1), videos))
+
+        return score, score_all
+    # pop and content ignore the user; userpop: user U has no pairs
+    return _with_all(model.scorer(), model.all_scorer(), num_tag)
+
+
+def user_batches(users: Tensor, batch_size: int) -> list[int]:
+    """Bounds ``[0, …, L]`` of batches of at most ``batch_size`` lines over lines sorted by user
+    (``users [L]``): a batch ends where a user's lines end, unless one user alone has more lines."""
+    ends = torch.unique_consecutive(users, return_counts=True)[1].cumsum(0).tolist()
+    bounds, last = [0], 0                          # last: where the last whole user of this batch ends
+    for end in ends:
+        if end - bounds[-1] > batch_size:
+            if last > bounds[-1]:
+                bounds.append(last)
+            while end - bounds[-1] > batch_size:
+                bounds.append(bounds[-1] + batch_size)
+        last = end
+    if ends and bounds[-1] != ends[-1]:
+        bounds.append(ends[-1])
+    return bounds
 
 
 class Recommender:
@@ -175,7 +219,7 @@ class Recommender:
             raise DataError(str(err).removeprefix("error: ")) from None
         self.model = model.to(self.device).eval()
         with torch.no_grad():
-            self.score = unseen_user_scorer(self.model, cfg, ds)
+            self.score, self.score_all = unseen_user_scorers(self.model, cfg, ds)
         self.user_index = {name: i for i, name in enumerate(ds.user_names)}
 
     @property
@@ -189,20 +233,33 @@ class Recommender:
 
     def rank(self, users: Tensor, videos: Tensor, k: int = 10, batch_size: int | None = None,
              progress: bool = False) -> Iterator[tuple[Tensor, Tensor]]:
-        """For lines ``(users [L], videos [L])``, yield batch after batch ``(top [B, K], scores [B, K])``:
-        the K best hashtags of each line, best first, out of all H, and their scores."""
+        """For lines ``(users [L], videos [L])``, yield batch after batch, in line order,
+        ``(top [B, K], scores [B, K])``: the K best hashtags of each line, best first, out of all H, and
+        their scores.
+
+        Within each block of :data:`GROUP_LINES` lines, the lines are scored grouped by user
+        (:func:`user_batches`), so that a user's hashtag side is computed once per block.
+        """
         num_tag = self.ds.num_hashtag
         k = min(k, num_tag)
         batch_size = batch_size or max(1, SCORE_CELLS // num_tag)
-        every = torch.arange(num_tag, device=self.device)                                 # [H]
         with torch.no_grad(), tqdm(total=users.numel(), unit="line", disable=not progress) as bar:
-            for start in range(0, users.numel(), batch_size):
-                u = users[start:start + batch_size].to(self.device)                       # [B]
-                v = videos[start:start + batch_size].to(self.device)                      # [B]
-                scores = self.score(u, v, every.expand(u.numel(), num_tag))               # [B, H]
-                top = scores.topk(k, dim=1)                                               # [B, K]
-                bar.update(u.numel())
-                yield top.indices.cpu(), top.values.cpu()
+            for first in range(0, users.numel(), GROUP_LINES):
+                block_users = users[first:first + GROUP_LINES]                            # [L']
+                block_videos = videos[first:first + GROUP_LINES]                          # [L']
+                order = torch.argsort(block_users, stable=True)                           # [L'] by user
+                top = torch.empty(order.numel(), k, dtype=torch.long)                     # [L', K]
+                best = torch.empty(order.numel(), k)                                      # [L', K]
+                bounds = user_batches(block_users[order], batch_size)
+                for start, end in zip(bounds, bounds[1:]):
+                    lines = order[start:end]                                              # [B]
+                    scores = self.score_all(block_users[lines].to(self.device),
+                                            block_videos[lines].to(self.device))          # [B, H]
+                    found = scores.topk(k, dim=1)                                         # [B, K]
+                    top[lines], best[lines] = found.indices.cpu(), found.values.cpu()
+                    bar.update(lines.numel())
+                for start in range(0, order.numel(), batch_size):
+                    yield top[start:start + batch_size], best[start:start + batch_size]
 
 
 # --------------------------------------------------------------------------------------------

@@ -139,14 +139,23 @@ def test_unseen_user_gets_a_notice_and_the_average_user(run_dir, rec, tmp_path, 
         assert np.allclose([s for _, s, _ in table], vals, atol=1e-3)
 
 
-@pytest.mark.parametrize("name, ablation", [*(pytest.param(n, {}, id=n) for n in MODEL_NAMES), pytest.param(
-    "gcn_phr", {"graph": "homogeneous"}, id="gcn_phr-homogeneous")])
-def test_every_model_ranks_known_and_unseen_users(tiny, tiny_dir, tmp_path, name, ablation):
+def _untrained_run(ds, tiny_dir, run: Path, name: str, **options) -> Config:
+    """A run directory in ``run`` holding ``name`` with its initial weights (seed 0), on ``tiny``."""
     torch.manual_seed(0)
-    cfg = Config(model_name=name, data_path=str(tiny_dir), dim_latent=8, baseline_size="small", **ablation)
+    cfg = Config(model_name=name, data_path=str(tiny_dir), dim_latent=8, baseline_size="small", **options)
+    train.save_weights(train.build_model(cfg, ds), cfg, run / "best.pt", epoch=0)
+    (run / "config.json").write_text(json.dumps({"data": str(tiny_dir)}))
+    return cfg
+
+
+EVERY_MODEL = [*(pytest.param(n, {}, id=n) for n in MODEL_NAMES),
+               pytest.param("gcn_phr", {"graph": "homogeneous"}, id="gcn_phr-homogeneous")]
+
+
+@pytest.mark.parametrize("name, ablation", EVERY_MODEL)
+def test_every_model_ranks_known_and_unseen_users(tiny, tiny_dir, tmp_path, name, ablation):
     ds = tiny
-    train.save_weights(train.build_model(cfg, ds), cfg, tmp_path / "best.pt", epoch=0)
-    (tmp_path / "config.json").write_text(json.dumps({"data": str(tiny_dir)}))
+    cfg = _untrained_run(ds, tiny_dir, tmp_path, name, **ablation)
     new = torch.randn(2, ds.feature_dim)
     rec = recommend.Recommender(*recommend.open_run(tmp_path), new_features=new)
     known, video = int(ds.test.users[0]), int(ds.test.videos[0])
@@ -164,6 +173,39 @@ def test_every_model_ranks_known_and_unseen_users(tiny, tiny_dir, tmp_path, name
         assert torch.equal(count[top[1]], count.sort(descending=True).values)
     if name in ("pop", "content"):                                                       # the user is not used
         assert torch.allclose(scores[1], scores[0], atol=1e-5)
+
+
+@pytest.mark.parametrize("name, options", [*EVERY_MODEL, pytest.param(
+    "gcn_phr", {"scoring_mode": "fully_con"}, id="gcn_phr-fully_con")])
+def test_ranking_grouped_by_user_gives_the_per_line_scores(tiny, tiny_dir, tmp_path, name, options):
+    ds = tiny
+    _untrained_run(ds, tiny_dir, tmp_path, name, **options)
+    rec = recommend.Recommender(*recommend.open_run(tmp_path), new_features=torch.randn(3, ds.feature_dim))
+    a, b, c, unseen = *ds.test.users[[0, 1, 2]].tolist(), rec.unseen
+    assert len({a, b, c}) == 3
+    users = torch.tensor([a, unseen, b, a, c, b, unseen, a, a])                   # interleaved, repeated
+    videos = torch.tensor([*ds.test.videos[:6].tolist(), ds.num_video, ds.num_video + 1, ds.num_video + 2])
+    with torch.no_grad():
+        per_line = rec.score(users, videos, torch.arange(ds.num_hashtag).expand(users.numel(), -1))   # [L, H]
+        grouped = rec.score_all(users, videos)                                                        # [L, H]
+    torch.testing.assert_close(grouped, per_line, atol=1e-5, rtol=1e-5)
+    tops, scores = zip(*rec.rank(users, videos, k=5, batch_size=2))           # batches split users' lines
+    assert [t.size(0) for t in tops] == [2, 2, 2, 2, 1]
+    expect = per_line.topk(5, dim=1)
+    torch.testing.assert_close(torch.cat(scores), expect.values, atol=1e-5, rtol=1e-5)
+    chosen = per_line.gather(1, torch.cat(tops))                              # the chosen hashtags' scores
+    torch.testing.assert_close(chosen, expect.values, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("users, batch_size, bounds", [
+    ([0, 0, 1, 1, 1, 2], 2, [0, 2, 4, 6]),          # user 1 alone is longer than a batch: split
+    ([0, 0, 1, 1, 1, 2], 3, [0, 2, 5, 6]),          # a batch ends where a user's lines end
+    ([0, 1, 2, 3], 10, [0, 4]),
+    ([5, 5, 5, 5, 5], 2, [0, 2, 4, 5]),
+    ([], 4, [0]),
+])
+def test_user_batches_keep_a_users_lines_together(users, batch_size, bounds):
+    assert recommend.user_batches(torch.tensor(users, dtype=torch.long), batch_size) == bounds
 
 
 def test_fallback_is_documented_for_every_model_name():
@@ -287,13 +329,14 @@ def test_input_output_is_all_or_nothing(rec, tmp_path):
             raise RuntimeError("interrupted")
         return torch.zeros(cand.shape)
 
-    score, rec.score = rec.score, failing                 # the second batch fails mid-file
-    try:
+    every = torch.arange(ds.num_hashtag)
+    score_all, rec.score_all = rec.score_all, lambda u, v: failing(u, v, every.expand(u.numel(), -1))
+    try:                                                  # the second batch fails mid-file
         with pytest.raises(RuntimeError, match="interrupted"):
             recommend.write_recommendations(rec, parsed, torch.zeros(5, dtype=torch.long), lines, out, k=3,
                                             batch_size=2, progress=False)
     finally:
-        rec.score = score
+        rec.score_all = score_all
     assert len(calls) == 2 and out.read_text() == "previous results\n"
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
 
