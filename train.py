@@ -8,9 +8,13 @@ The release's command line is accepted as is::
         --aggr_mode='mean' --scoring_mode='cat'
 
 A run directory (``--out``, default ``runs/<model>-<dataset>-s<seed>-<time>``) receives ``config.json``,
-``metrics.csv`` (one row per epoch), ``best.pt`` (the best-validation weights), ``test_per_line.npz``
-(every test line's metrics there, for paired significance tests) and ``results.json`` (test metrics at
-the best validation epoch, seed, time taken).
+``metrics.csv`` (one row per epoch), ``last.pt`` (everything needed to resume, rewritten every epoch),
+``best.pt`` (the best-validation weights), ``test_per_line.npz`` (every test line's metrics there, for
+paired significance tests) and ``results.json`` (test metrics at the best validation epoch, seed, time
+taken). Every file is written atomically (a temporary file in the same directory, flushed to disk, then
+renamed), so a run killed at any moment leaves each file either complete or as it was;
+``python train.py --resume RUN_DIR`` continues it from its last finished epoch, with the same result as a
+run that was never interrupted (same device and thread count).
 
 Shape legend: R training rows, B batch, H hashtags, V videos, d latent dim.
 """
@@ -19,11 +23,16 @@ from __future__ import annotations
 
 import argparse
 import csv
+import io
+import json
 import os
+import pickle
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import MISSING, asdict, fields
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import torch
@@ -36,6 +45,10 @@ from data_load import DataError, Dataset, load_dataset, write_json_atomic
 from model import GCNPHR, Config, HomogeneousGCN, Ranker, ReleasedGCN
 
 DEFAULT_PRESET = "small"
+LAST, BEST = "last.pt", "best.pt"
+RUN_FILES = ("config.json", "metrics.csv", LAST, BEST, "test_per_line.npz", "results.json")  # train.py's own
+CHECKPOINT_KEYS = ("format", "model", "config", "epoch", "optimizer", "finished", "best", "best_model", "stale",
+                   "metrics", "rng", "data")                                    # of last.pt
 
 
 # --------------------------------------------------------------------------------------------
@@ -57,6 +70,9 @@ def build_parser() -> argparse.ArgumentParser:
             parser.add_argument(f"--{f.name}", **kw)
     parser.add_argument("--out", default="", help="run directory (default: runs/<model>-<data>-s<seed>-<time>)")
     parser.add_argument("--overwrite", action="store_true", help="allow writing into an existing --out")
+    parser.add_argument("--resume", default="", metavar="RUN_DIR",
+                        help="continue the interrupted run in RUN_DIR from its last.pt, with its config.json "
+                             "(other settings may only repeat the saved ones)")
     parser.add_argument("--allow_pickle", action="store_true",
                         help="allow reading a legacy (pickled) dataset: unpickling runs code, trusted files only")
     parser.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda or cuda:N")
@@ -72,14 +88,23 @@ def config_from_args(args: argparse.Namespace) -> Config:
 
 
 def pick_device(request: str, no_cuda: bool) -> torch.device:
+    """``auto``: CUDA when available, else the CPU, silently; an explicit device must exist (one-line error)."""
     if no_cuda or request == "cpu":
         return torch.device("cpu")
     if request == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if request.startswith("cuda") and not torch.cuda.is_available():
-        raise SystemExit(f"error: --device {request}: CUDA is not available on this machine "
-                         "(use --device auto or cpu)")
-    return torch.device(request)
+    try:
+        device = torch.device(request)
+    except RuntimeError:
+        raise SystemExit(f"error: --device {request}: expected auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise SystemExit(f"error: --device {request}: CUDA is not available on this machine "
+                             "(use --device auto or cpu)")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise SystemExit(f"error: --device {request}: expected a CUDA device index below "
+                             f"{torch.cuda.device_count()} (the GPUs of this machine)")
+    return device
 
 
 # --------------------------------------------------------------------------------------------
@@ -156,8 +181,13 @@ def default_run_dir(cfg: Config, data: Path) -> Path:
 
 
 def run(cfg: Config, out: Path, device: torch.device, allow_pickle: bool = False,
-        progress: bool = True, log=print) -> dict:
-    """Train ``cfg.model_name``, keep the best validation epoch, evaluate test there once."""
+        progress: bool = True, log=print, resume: bool = False) -> dict:
+    """Train ``cfg.model_name``, keep the best validation epoch, evaluate test there once.
+
+    Every epoch ends by rewriting ``out/last.pt`` (:func:`checkpoint_state`). With ``resume`` the run goes
+    on from that file instead of starting afresh, and ends with the metrics an uninterrupted run would
+    have (same device and threads); a run that had finished only evaluates test again.
+    """
     start = time.time()
     torch.manual_seed(cfg.seed)
     torch.set_num_threads(max(1, min(cfg.num_workers, os.cpu_count() or 1)))
@@ -165,48 +195,68 @@ def run(cfg: Config, out: Path, device: torch.device, allow_pickle: bool = False
     ds = load_dataset(data, allow_pickle=allow_pickle)
     log(f"data    {ds}")
     model = build_model(cfg, ds).to(device)
-    if cfg.PATH_weight_load:
+    ckpt = read_checkpoint(out / LAST, cfg, data_record(data, ds)) if resume else None
+    if cfg.PATH_weight_load and not resume:
         load_weights(model, cfg.PATH_weight_load)
-    out.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(out / "config.json", {**asdict(cfg), "data": str(data), "device": str(device)})
+    make_run_dir(out)
+    for stale_file in [*out.glob(".*.tmp"), *([] if resume else [out / name for name in RUN_FILES])]:
+        stale_file.unlink(missing_ok=True)   # a killed write's temporary file; a replaced run's files
+    if not resume:
+        write_json_atomic(out / "config.json", {**asdict(cfg), "data": str(data), "device": str(device)})
     ks = cfg.ks
     evaluate = lambda split: evaluation.evaluate(split, model.scorer(), ks=ks,
                                                  batch_size=cfg.eval_batch_size, device=device)
-    metrics_path = out / "metrics.csv"
     names = [f"{m}@{k}" for m in evaluation.METRICS for k in ks]
-    with open(metrics_path, "w", newline="") as fh:
-        csv.writer(fh).writerow(["epoch", "loss", *[f"val_{n}" for n in names], "seconds"])
+    header = ["epoch", "loss", *[f"val_{n}" for n in names], "seconds"]
+    rows: list[list[str]] = []                                                 # metrics.csv, one per epoch
 
-    best = {"epoch": 0, "recall@10": -1.0}
-    if model.trainable:
-        gen = torch.Generator().manual_seed(cfg.seed)
-        sampler = NegativeSampler(ds.train, ds.num_hashtag, cfg.neg_pop_share, gen)
-        optimizer = torch.optim.Adam(model.parameters(), lr=cfg.l_r, weight_decay=cfg.weight_decay)
-        train_rows = ds.train.to(device)
-        epochs, stale = cfg.num_epoch, 0
-    else:
-        epochs = 0
+    gen = torch.Generator().manual_seed(cfg.seed)
+    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.l_r, weight_decay=cfg.weight_decay) \
+        if model.trainable else None
+    best, best_state, stale, first, finished = {"epoch": 0, "recall@10": -1.0}, None, 0, 1, False
+
+    def save_last(epoch: int) -> None:
+        save_checkpoint(checkpoint_state(model, optimizer, gen, cfg, data_record(data, ds), epoch=epoch,
+                                         finished=finished, best=best, best_state=best_state, stale=stale,
+                                         rows=rows, device=device), out / LAST)
+
+    if ckpt is not None:
+        restore(ckpt, out / LAST, model, optimizer, gen, device)
+        best, best_state, stale, rows, finished = (ckpt[k] for k in ("best", "best_model", "stale", "metrics",
+                                                                     "finished"))
+        first = ckpt["epoch"] + 1
+        if best_state is not None:                                     # best.pt as it was at that epoch
+            save_weights_state(best_state, cfg, out / BEST, epoch=best["epoch"])
+        log(f"resume  {out / LAST}: epoch {ckpt['epoch']} done, best validation epoch {best['epoch']}"
+            + ("; nothing left to train" if finished else ""))
+    elif not model.trainable:
         with torch.no_grad():
             model.eval()
             val = evaluate(ds.val)
         log(f"epoch   0  (nothing to train)  val R@10 {val['recall@10']:.4f}")
-        best = {"epoch": 0, "recall@10": val["recall@10"], "val": val}
-        save_weights(model, cfg, out / "best.pt", epoch=0)
+        best, best_state, finished = {"epoch": 0, "recall@10": val["recall@10"], "val": val}, model.state_dict(), True
+        save_weights(model, cfg, out / BEST, epoch=0)
+        save_last(0)
+    write_csv_atomic(out / "metrics.csv", header, rows)
 
-    for epoch in range(1, epochs + 1):
+    if model.trainable and not finished:
+        sampler = NegativeSampler(ds.train, ds.num_hashtag, cfg.neg_pop_share, gen)
+        train_rows = ds.train.to(device)
+    for epoch in range(first, cfg.num_epoch + 1 if model.trainable and not finished else first):
         t0 = time.time()
         model.train()
         neg = sampler.sample().to(device)                                        # [R]
         order = torch.randperm(len(ds.train), generator=gen).to(device)          # [R]
         total = 0.0
         batches = order.split(cfg.batch_size)
-        for rows in tqdm(batches, desc=f"epoch {epoch}", leave=False, disable=not progress):
-            users, videos, pos = train_rows[rows].unbind(1)                      # [B] each
+        for rows_batch in tqdm(batches, desc=f"epoch {epoch}", leave=False, disable=not progress):
+            users, videos, pos = train_rows[rows_batch].unbind(1)                # [B] each
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.amp):
-                loss = model.loss(users, videos, pos, neg[rows], rows)
+                loss = model.loss(users, videos, pos, neg[rows_batch], rows_batch)
             if not torch.isfinite(loss):
-                raise SystemExit(f"error: epoch {epoch}: the loss is {loss.item()}; stopping "
-                                 f"(the best checkpoint so far stays in {out})")
+                kept = f"{out / LAST} (epoch {epoch - 1}) and {out / BEST} stay" if epoch > 1 \
+                    else "no epoch finished, nothing was saved"
+                raise SystemExit(f"error: epoch {epoch}: the loss is {loss.item()}; stopping ({kept})")
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -216,28 +266,32 @@ def run(cfg: Config, out: Path, device: torch.device, allow_pickle: bool = False
             val = evaluate(ds.val)
         seconds = time.time() - t0
         mean_loss = total / len(ds.train)
-        with open(metrics_path, "a", newline="") as fh:
-            csv.writer(fh).writerow([epoch, f"{mean_loss:.6f}", *[f"{val[n]:.6f}" for n in names],
-                                     f"{seconds:.2f}"])
+        rows.append([str(epoch), f"{mean_loss:.6f}", *[f"{val[n]:.6f}" for n in names], f"{seconds:.2f}"])
         improved = val["recall@10"] > best["recall@10"]
         log(f"epoch {epoch:3d}  loss {mean_loss:.4f}  val P@10 {val['precision@10']:.4f}  "
             f"R@10 {val['recall@10']:.4f}  NDCG@10 {val['ndcg@10']:.4f}  {seconds:.1f}s"
             + ("  *" if improved else ""))
         if improved:
             best, stale = {"epoch": epoch, "recall@10": val["recall@10"], "val": val}, 0
-            save_weights(model, cfg, out / "best.pt", epoch=epoch)
+            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+            save_weights(model, cfg, out / BEST, epoch=epoch)
         else:
             stale += 1
-            if cfg.patience and stale >= cfg.patience:
-                log(f"early stop: no better validation Recall@10 for {cfg.patience} epochs")
-                break
+        early = bool(cfg.patience and stale >= cfg.patience)
+        finished = early or epoch == cfg.num_epoch
+        save_last(epoch)
+        write_csv_atomic(out / "metrics.csv", header, rows)
+        if early:
+            log(f"early stop: no better validation Recall@10 for {cfg.patience} epochs")
+            break
 
-    load_weights(model, out / "best.pt")
+    load_weights(model, out / BEST)
     model.eval()
     with torch.no_grad():
         test = evaluation.evaluate(ds.test, model.scorer(), ks=ks, batch_size=cfg.eval_batch_size, device=device,
                                    per_line=True)
-    np.savez(out / "test_per_line.npz", **{name: v.numpy() for name, v in test.pop("per_line").items()})
+    per_line = {name: v.numpy() for name, v in test.pop("per_line").items()}
+    write_atomic(out / "test_per_line.npz", lambda fh: np.savez(fh, **per_line))
     if cfg.PATH_weight_save:
         save_weights(model, cfg, Path(cfg.PATH_weight_save), epoch=best["epoch"])
     results = {"model_name": cfg.model_name, "data": str(data), "seed": cfg.seed,
@@ -250,23 +304,153 @@ def run(cfg: Config, out: Path, device: torch.device, allow_pickle: bool = False
     return results
 
 
-def save_weights(model: Ranker, cfg: Config, path: Path, epoch: int) -> None:
-    """Atomic checkpoint: a temporary file in the same directory, then a rename."""
+# --------------------------------------------------------------------------------------------
+# Run directory and checkpoints: atomic writes, resumable state
+# --------------------------------------------------------------------------------------------
+def check_writable(out: Path) -> None:
+    """Refuse, before any work, a run directory that could not be created or written."""
+    probe = out
+    while not probe.exists() and probe != probe.parent:       # the nearest existing ancestor
+        probe = probe.parent
+    if not probe.is_dir():
+        raise SystemExit(f"error: {out}: cannot create the run directory: {probe} is not a directory")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise SystemExit(f"error: {out}: cannot create the run directory: {probe} is not writable")
+
+
+def make_run_dir(out: Path) -> None:
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise SystemExit(f"error: {out}: cannot create the run directory ({err.strerror})") from None
+
+
+def write_atomic(path: Path, write: Callable[[BinaryIO], object]) -> None:
+    """``write(fh)`` into ``path`` so that ``path`` is only ever the old file or the complete new one.
+
+    The bytes go to ``.<name>.tmp`` in the same directory, are flushed and fsync'ed, and the file is
+    renamed over ``path`` (atomic on POSIX); the directory is fsync'ed so the rename survives a crash
+    too. A kill mid-write leaves only that temporary file, which no reader takes for a checkpoint (its
+    name does not end in ``.pt``) and :func:`run` deletes.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
-    torch.save({"model": model.state_dict(), "config": asdict(cfg), "epoch": epoch}, tmp)
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as fh:
+            write(fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    try:
+        fd = os.open(path.parent, os.O_RDONLY)
+    except OSError:                                           # no directory handles (Windows): rename is enough
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
-def load_weights(model: Ranker, path) -> int:
-    """Load weights saved by :func:`save_weights` (``weights_only=True``: no code runs)."""
+def write_csv_atomic(path: Path, header: list[str], rows: list[list[str]]) -> None:
+    text = io.StringIO()
+    writer = csv.writer(text)
+    writer.writerow(header)
+    writer.writerows(rows)
+    write_atomic(path, lambda fh: fh.write(text.getvalue().encode("utf-8")))
+
+
+def save_checkpoint(state: dict, path: Path) -> None:
+    """``torch.save(state)`` to ``path`` atomically (:func:`write_atomic`)."""
+    write_atomic(path, lambda fh: torch.save(state, fh))
+
+
+def data_record(data: Path, ds: Dataset) -> dict:
+    """What a checkpoint remembers of its dataset, to refuse resuming on another one."""
+    return {"path": str(data), "num_user": ds.num_user, "num_hashtag": ds.num_hashtag,
+            "num_video": ds.num_video, "train_rows": len(ds.train), "num_neg": ds.num_neg}
+
+
+def checkpoint_state(model: Ranker, optimizer: torch.optim.Optimizer | None, gen: torch.Generator, cfg: Config,
+                     data: dict, *, epoch: int, finished: bool, best: dict, best_state: dict | None, stale: int,
+                     rows: list, device: torch.device) -> dict:
+    """Everything :func:`run` needs to go on after ``epoch`` as if it had never stopped.
+
+    Tensors, numbers, strings, lists and dicts only, so ``torch.load(weights_only=True)`` reads it. The
+    random states are those of every source training draws from: the negatives' and batch order's
+    generator, torch's global generator (dropout, the WARP and CSMN baselines' draws) and, on CUDA, the
+    device's generator; nothing in training uses numpy's or Python's ``random``.
+    """
+    rng = {"negatives": gen.get_state(), "torch": torch.get_rng_state()}
+    if device.type == "cuda":
+        rng["cuda"] = torch.cuda.get_rng_state(device)
+    return {"format": 1, "model": model.state_dict(), "config": asdict(cfg), "epoch": epoch,
+            "optimizer": optimizer.state_dict() if optimizer is not None else None, "finished": finished,
+            "best": best, "best_model": best_state, "stale": stale, "metrics": rows, "rng": rng, "data": data}
+
+
+def _read(path) -> dict:
+    """A checkpoint of train.py as a dict (``weights_only=True``: no code from the file runs)."""
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
         raise SystemExit(f"error: {path}: no such checkpoint") from None
+    except pickle.UnpicklingError as err:                  # torch's refusal: the reason is on a later line
+        detail = [line.strip() for line in str(err).splitlines()[1:]
+                  if line.strip() and not line.startswith(("Please file", "Check the documentation"))]
+        raise SystemExit(f"error: {path}: expected a checkpoint of tensors, numbers and strings (read with "
+                         f"weights_only=True, which runs no code), got {detail[-1] if detail else 'something else'}"
+                         ) from None
     except Exception as err:  # noqa: BLE001 — anything unreadable is reported in one line
-        raise SystemExit(f"error: {path}: not a readable checkpoint ({str(err).splitlines()[0]})") from None
-    state = ckpt.get("model") if isinstance(ckpt, dict) else None
+        first = str(err).strip().splitlines()[0].split(". ")[0] if str(err).strip() else type(err).__name__
+        raise SystemExit(f"error: {path}: not a readable checkpoint ({first})") from None
+    if not isinstance(ckpt, dict) or not isinstance(ckpt.get("model"), dict):
+        raise SystemExit(f"error: {path}: expected a checkpoint written by train.py")
+    return ckpt
+
+
+def read_checkpoint(path: Path, cfg: Config, data: dict) -> dict:
+    """The resumable state in ``path``, checked against the run's config and dataset (one-line errors)."""
+    ckpt = _read(path)
+    missing = [k for k in CHECKPOINT_KEYS if k not in ckpt]
+    if missing or ckpt["format"] != 1:
+        raise SystemExit(f"error: {path}: expected a resumable checkpoint (last.pt, format 1), got "
+                         + (f"{missing[:3]} missing" if missing else f"format {ckpt['format']}"))
+    saved = ckpt["config"] if isinstance(ckpt["config"], dict) else {}
+    diff = [f"{k}: {saved.get(k)!r} there, {v!r} in config.json" for k, v in asdict(cfg).items()
+            if saved.get(k) != v]
+    if diff:
+        raise SystemExit(f"error: {path}: made for another config ({'; '.join(diff[:3])})")
+    recorded = ckpt["data"] if isinstance(ckpt["data"], dict) else {}
+    other = [f"{k} {recorded.get(k)} there, {v} in {data['path']}" for k, v in data.items()
+             if k != "path" and recorded.get(k) != v]
+    if other:
+        raise SystemExit(f"error: {path}: made for another dataset ({'; '.join(other[:3])})")
+    return ckpt
+
+
+def restore(ckpt: dict, path: Path, model: Ranker, optimizer: torch.optim.Optimizer | None,
+            gen: torch.Generator, device: torch.device) -> None:
+    """Put the model, the optimiser and every random generator back as ``ckpt`` recorded them."""
+    if ckpt["best_model"] is not None:
+        check_state(model, ckpt["best_model"], path)
+    load_state(model, ckpt["model"], path)
+    try:
+        if optimizer is not None:
+            optimizer.load_state_dict(ckpt["optimizer"])
+        gen.set_state(ckpt["rng"]["negatives"])
+        torch.set_rng_state(ckpt["rng"]["torch"])
+        if device.type == "cuda" and "cuda" in ckpt["rng"]:
+            torch.cuda.set_rng_state(ckpt["rng"]["cuda"], device)
+    except (KeyError, TypeError, ValueError, RuntimeError) as err:
+        raise SystemExit(f"error: {path}: expected the optimiser and random states of this run "
+                         f"({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''})") from None
+
+
+def check_state(model: Ranker, state, path) -> None:
+    """Refuse, in one line naming the tensor and the shapes, weights that do not fit ``model``."""
     if not isinstance(state, dict):
         raise SystemExit(f"error: {path}: expected a checkpoint written by train.py")
     own = model.state_dict()
@@ -280,28 +464,107 @@ def load_weights(model: Ranker, path) -> int:
     missing = sorted(set(own) - set(state))
     if missing:
         raise SystemExit(f"error: {path}: missing tensors {missing[:3]}")
+
+
+def load_state(model: Ranker, state, path) -> None:
+    """``model.load_state_dict(state)`` once :func:`check_state` accepts it."""
+    check_state(model, state, path)
     model.load_state_dict(state)
+
+
+def save_weights(model: Ranker, cfg: Config, path: Path, epoch: int) -> None:
+    """Atomic checkpoint of the weights (:func:`save_checkpoint`), as ``best.pt`` and ``--PATH_weight_save``."""
+    save_weights_state(model.state_dict(), cfg, path, epoch)
+
+
+def save_weights_state(state: dict, cfg: Config, path: Path, epoch: int) -> None:
+    save_checkpoint({"model": state, "config": asdict(cfg), "epoch": epoch}, path)
+
+
+def load_weights(model: Ranker, path) -> int:
+    """Load the weights of any checkpoint of train.py (``weights_only=True``: no code runs); the epoch."""
+    ckpt = _read(path)
+    load_state(model, ckpt["model"], path)
     return int(ckpt.get("epoch", 0))
 
 
-def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
+# --------------------------------------------------------------------------------------------
+# Command line
+# --------------------------------------------------------------------------------------------
+def explicit_config_flags(argv: list[str]) -> dict:
+    """The Config fields that ``argv`` sets, with their values (fields left at their default are absent)."""
+    parser, unset = build_parser(), object()
+    names = {f.name for f in fields(Config)}
+    parser.set_defaults(**dict.fromkeys(names, unset))
+    return {k: v for k, v in vars(parser.parse_args(argv)).items() if k in names and v is not unset}
+
+
+def resume_config(run_dir: Path, given: dict) -> tuple[Config, str]:
+    """The config of the run to continue and the device it ran on (its ``config.json``); refuses a
+    directory that cannot be resumed and flags that would change the run (``given``:
+    :func:`explicit_config_flags`)."""
+    record = run_dir / "config.json"
+    if not run_dir.is_dir():
+        raise SystemExit(f"error: --resume {run_dir}: expected a run directory of train.py, got no such directory")
+    if not record.is_file():
+        raise SystemExit(f"error: {record}: expected the config of the run to resume, got no such file")
     try:
-        cfg = config_from_args(args)
+        saved = json.loads(record.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:
+        raise SystemExit(f"error: {record}: expected valid JSON, got {str(err).splitlines()[0]}") from None
+    missing = [f.name for f in fields(Config) if not isinstance(saved, dict) or f.name not in saved]
+    if missing:
+        raise SystemExit(f"error: {record}: expected every setting of the run, got {missing[:3]} missing")
+    if not (run_dir / LAST).is_file():
+        raise SystemExit(f"error: {run_dir / LAST}: nothing to resume (no epoch of this run finished); "
+                         f"start it again with --out {run_dir} --overwrite")
+    cfg = Config(**{f.name: saved[f.name] for f in fields(Config)})
+    try:
+        cfg.validate()
     except ValueError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    device = pick_device(args.device, args.no_cuda)
-    data = Path(cfg.data_path) if cfg.data_path else Path("data") / DEFAULT_PRESET
-    out = Path(args.out) if args.out else default_run_dir(cfg, data)
-    if out.exists() and any(out.iterdir()) and not args.overwrite:
-        print(f"error: {out}: the run directory exists (pass --overwrite or another --out)", file=sys.stderr)
-        return 2
+        raise SystemExit(f"error: {record}: {err}") from None
+    diff = [f"--{k} {v} (the run has {getattr(cfg, k)})" for k, v in given.items() if v != getattr(cfg, k)]
+    if diff:
+        raise SystemExit(f"error: --resume {run_dir}: a resumed run keeps its settings, got {'; '.join(diff[:3])}")
+    return cfg, str(saved.get("device", "auto"))
+
+
+def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = build_parser().parse_args(argv)
+    request = args.device
+    if args.resume:
+        if (args.out and Path(args.out) != Path(args.resume)) or args.overwrite:
+            raise SystemExit("error: --resume continues a run in its own directory: drop --out and --overwrite")
+        out = Path(args.resume)
+        cfg, ran_on = resume_config(out, explicit_config_flags(argv))
+        if request == "auto":                                      # by default, on the device it ran on
+            request = ran_on
+    else:
+        try:
+            cfg = config_from_args(args)
+        except ValueError as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
+        data = Path(cfg.data_path) if cfg.data_path else Path("data") / DEFAULT_PRESET
+        out = Path(args.out) if args.out else default_run_dir(cfg, data)
+        if out.exists() and out.is_dir() and any(out.iterdir()) and not args.overwrite:
+            print(f"error: {out}: the run directory exists (pass --resume {out} to continue it, --overwrite to "
+                  "start it again, or another --out)", file=sys.stderr)
+            return 2
+    device = pick_device(request, args.no_cuda)
+    check_writable(out)
     try:
-        run(cfg, out, device, allow_pickle=args.allow_pickle, progress=not args.quiet)
+        run(cfg, out, device, allow_pickle=args.allow_pickle, progress=not args.quiet, resume=bool(args.resume))
     except DataError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(f"error: interrupted; continue with: python train.py --resume {out}", file=sys.stderr)
+        return 130
+    except OSError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
     print(f"run directory: {out}")
     return 0
 
