@@ -1,5 +1,8 @@
 """Shared fixtures: a tiny seeded ``posts.tsv`` + three feature files, and the dataset ``prepare`` builds."""
 
+import os
+import subprocess
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -83,3 +86,13 @@ def training_batch(ds, n=64, seed=0):
     users, videos, pos = ds.train[rows].unbind(1)
     neg = train.NegativeSampler(ds.train, ds.num_hashtag, 0.0, gen).sample()[rows]
     return users, videos, pos, neg, rows
+
+
+def run_many(commands: dict, timeout: float = 300) -> dict:
+    """``{name: CompletedProcess}`` of the ``{name: argv}`` subprocesses, as many at once as there are cores
+    (each start of Python with torch costs seconds; the tests that only check a refusal share them)."""
+    root = Path(__file__).resolve().parents[1]
+    with ThreadPoolExecutor(max(2, os.cpu_count() or 1)) as pool:
+        futures = {name: pool.submit(subprocess.run, argv, cwd=root, capture_output=True, text=True, timeout=timeout)
+                   for name, argv in commands.items()}
+        return {name: future.result() for name, future in futures.items()}

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import NUM_NEG, VIDEOS_PER_USER, write_posts
+from conftest import NUM_NEG, VIDEOS_PER_USER, run_many, write_posts
 
 import data_load
 from data_load import DataError, IdSpace, build_pair_graph, load_dataset, prepare
@@ -874,6 +874,54 @@ def test_missing_file(file, tiny_dataset, tmp_path):
 def test_missing_directory(tmp_path):
     with raises_at(tmp_path / "nope", "expected a dataset directory, got no such directory"):
         load_dataset(tmp_path / "nope")
+
+
+# --------------------------------------------------------------------------------------------
+# train.py on malformed data: exit code, one line naming the file, no traceback, no run directory
+# --------------------------------------------------------------------------------------------
+def _train_npy_missing(d, ids):
+    (d / "train.npy").unlink()
+    return "train.npy", "expected an existing file, got it is missing"
+
+
+def _train_npy_pickled(d, ids):
+    plant_pickle(d / "train.npy", d.parent / f"{d.name}-pwned")
+    return "train.npy", "expected a plain numeric array, got a pickled object array"
+
+
+TRAIN_CLI_CASES = {"train_npy_missing": _train_npy_missing, "train_npy_pickled": _train_npy_pickled,
+                   **{name: MALFORMED[name] for name in (
+                       "train_empty_file", "features_truncated", "train_float", "train_hashtag_out_of_range",
+                       "features_nan", "features_wrong_rows", "val_negative_is_positive",
+                       "split_test_line_without_positive", "split_test_duplicated_line")}}
+
+
+@pytest.fixture(scope="module")
+def train_cli_on_malformed(tiny_dataset, tmp_path_factory) -> dict:
+    """``{case: (process, its --out, the expected start of its one stderr line)}``: ``python train.py`` on a
+    copy of the tiny dataset broken by each of ``TRAIN_CLI_CASES``, the processes run side by side."""
+    root = tmp_path_factory.mktemp("train_cli")
+    ids = load_dataset(tiny_dataset).ids
+    commands, expected = {}, {}
+    for name, edit in TRAIN_CLI_CASES.items():
+        d = root / name
+        shutil.copytree(tiny_dataset, d)
+        file, text = edit(d, ids)
+        expected[name] = f"error: {d / file}: {text}"
+        commands[name] = [sys.executable, str(REPO / "train.py"), "--data_path", str(d), "--out",
+                          str(root / f"{name}-run"), "--num_epoch=1", "--quiet"]
+    procs = run_many(commands)
+    return {name: (procs[name], root / f"{name}-run", expected[name]) for name in commands}
+
+
+@pytest.mark.parametrize("name", list(TRAIN_CLI_CASES))
+def test_train_cli_refuses_malformed_data(name, train_cli_on_malformed):
+    proc, out, expected = train_cli_on_malformed[name]
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(expected), proc.stderr
+    assert not out.exists()                                       # refused before the run directory
+    assert not (out.parent / f"{name}-pwned").exists()            # the planted pickle never ran
 
 
 # --------------------------------------------------------------------------------------------

@@ -1,13 +1,22 @@
-"""Tests of train.py: the release's command line end to end, seeding, checkpoints, negatives."""
+"""Tests of train.py: the release's command line end to end, seeding, checkpoints, negatives, resuming
+interrupted runs (SIGKILL included) and the refusals made before any training."""
 
 import csv
 import json
+import os
+import random
+import re
+import shutil
+import signal
 import subprocess
 import sys
+import time
+from dataclasses import asdict
 from pathlib import Path
 
 import pytest
 import torch
+from conftest import run_many
 
 import evaluation
 import train
@@ -125,3 +134,302 @@ def test_popularity_share_shifts_negatives_to_popular_hashtags(tiny):
 def test_no_cuda_picks_the_cpu():
     assert train.pick_device("auto", no_cuda=True) == torch.device("cpu")
     assert train.pick_device("cpu", no_cuda=False) == torch.device("cpu")
+
+
+# --------------------------------------------------------------------------------------------
+# Interrupted runs: last.pt, --resume, SIGKILL
+# --------------------------------------------------------------------------------------------
+# Dropout draws from torch's global generator, so these runs need every random state restored.
+RESUME = {"dim_latent": 16, "num_epoch": 30, "patience": 0, "dropout": 0.2, "num_workers": 1}
+RESUME_FLAGS = [f"--{k}={v}" for k, v in RESUME.items()] + ["--quiet"]
+CPU = torch.device("cpu")
+
+
+def _quiet(cfg, out, **kw):
+    return train.run(cfg, out, CPU, progress=False, log=lambda *a: None, **kw)
+
+
+def _metrics(out):
+    """metrics.csv without its timing column."""
+    with open(out / "metrics.csv") as fh:
+        return [row[:-1] for row in csv.reader(fh)]
+
+
+def _load_all(out):
+    """``{name: checkpoint}`` of every ``*.pt`` in ``out``, each read with ``weights_only=True``."""
+    ckpts = {p.name: torch.load(p, map_location="cpu", weights_only=True) for p in sorted(out.glob("*.pt"))}
+    assert all(isinstance(c["model"], dict) and c["model"] for c in ckpts.values())
+    return ckpts
+
+
+@pytest.fixture(scope="module")
+def reference(tiny_dir, tmp_path_factory):
+    """The uninterrupted run of the ``RESUME`` settings: ``(results, metrics rows, final weights)``."""
+    out = tmp_path_factory.mktemp("reference") / "run"
+    results = _quiet(Config(data_path=str(tiny_dir), **RESUME), out)
+    return results, _metrics(out), torch.load(out / "last.pt", weights_only=True)["model"]
+
+
+def test_last_checkpoint_holds_the_whole_state_as_plain_data(tiny_dir, tmp_path):
+    cfg = Config(data_path=str(tiny_dir), dim_latent=16, num_epoch=2, num_workers=1)
+    results = _quiet(cfg, tmp_path / "run")
+    ckpt = torch.load(tmp_path / "run" / "last.pt", map_location="cpu", weights_only=True)
+    assert set(ckpt) == set(train.CHECKPOINT_KEYS)
+    assert ckpt["epoch"] == 2 and ckpt["finished"] and ckpt["config"] == asdict(cfg)
+    assert ckpt["best"]["epoch"] == results["best_epoch"] and ckpt["best"]["val"] == results["val"]
+    assert set(ckpt["rng"]) == {"negatives", "torch"} and all(s.dtype == torch.uint8 for s in ckpt["rng"].values())
+    assert ckpt["optimizer"]["state"] and set(ckpt["best_model"]) == set(ckpt["model"])
+    assert [row[0] for row in ckpt["metrics"]] == ["1", "2"]
+    assert ckpt["data"]["num_video"] == 500 and ckpt["stale"] in (0, 1)
+    assert not [p.name for p in (tmp_path / "run").iterdir() if p.name.startswith(".")]   # no temporary file
+
+
+def test_an_interrupted_run_resumes_to_exactly_the_same_metrics(tiny_dir, tmp_path, monkeypatch, reference):
+    cfg, out = Config(data_path=str(tiny_dir), **RESUME), tmp_path / "run"
+    sample, calls = train.NegativeSampler.sample, []
+
+    def interrupted_at_epoch_4(self):
+        calls.append(1)
+        if len(calls) == 4:
+            raise KeyboardInterrupt
+        return sample(self)
+
+    monkeypatch.setattr(train.NegativeSampler, "sample", interrupted_at_epoch_4)
+    with pytest.raises(KeyboardInterrupt):
+        _quiet(cfg, out)
+    monkeypatch.undo()
+    ckpt = torch.load(out / "last.pt", weights_only=True)
+    assert ckpt["epoch"] == 3 and not ckpt["finished"] and not (out / "results.json").exists()
+    assert len(_metrics(out)) == 1 + 3
+    results = _quiet(cfg, out, resume=True)
+    expected, rows, weights = reference
+    assert results["test"] == expected["test"] and results["val"] == expected["val"]
+    assert results["best_epoch"] == expected["best_epoch"] and _metrics(out) == rows
+    final = torch.load(out / "last.pt", weights_only=True)["model"]
+    assert all(torch.equal(final[name], w) for name, w in weights.items())
+    # A finished run trains nothing more: it evaluates test at best.pt again.
+    logs = []
+    again = train.run(cfg, out, CPU, progress=False, log=logs.append, resume=True)
+    assert again["test"] == expected["test"] and any("nothing left to train" in line for line in logs)
+    assert not any(line.startswith("epoch") for line in logs) and _metrics(out) == rows
+
+
+def test_a_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tiny_dir, tmp_path, monkeypatch):
+    build = train.build_model
+
+    def poisoned(cfg, ds, features=None):                # the loss turns NaN in epoch 3 (one batch per epoch)
+        model = build(cfg, ds, features)
+        loss, calls = model.loss, []
+
+        def loss_nan_in_epoch_3(*args):
+            calls.append(1)
+            return loss(*args) * (float("nan") if len(calls) == 3 else 1.0)
+
+        model.loss = loss_nan_in_epoch_3
+        return model
+
+    monkeypatch.setattr(train, "build_model", poisoned)
+    out = tmp_path / "run"
+    cfg = Config(data_path=str(tiny_dir), dim_latent=16, num_epoch=5, batch_size=4096, num_workers=1)
+    with pytest.raises(SystemExit, match=r"^error: epoch 3: the loss is nan; stopping \(.*last\.pt \(epoch 2\) and "
+                                         r".*best\.pt stay\)$"):
+        _quiet(cfg, out)
+    ckpts = _load_all(out)
+    assert ckpts["last.pt"]["epoch"] == 2 and ckpts["best.pt"]["epoch"] == ckpts["last.pt"]["best"]["epoch"]
+    assert all(torch.isfinite(t).all() for t in ckpts["last.pt"]["model"].values() if t.is_floating_point())
+    assert not (out / "results.json").exists() and len(_metrics(out)) == 1 + 2
+
+
+def _start(*args, slow_save=False) -> subprocess.Popen:
+    """``python train.py ARGS`` in the background; with ``slow_save`` every checkpoint trickles out in pieces
+    (so that a kill lands in the middle of a write)."""
+    wrapper = ["-c", SLOW_SAVE] if slow_save else []
+    return subprocess.Popen([sys.executable, *wrapper, str(ROOT / "train.py"), *args], cwd=ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+
+SLOW_SAVE = """
+import io, runpy, sys, time
+import torch
+save = torch.save
+def slow_save(obj, f, *args, **kwargs):
+    buffer = io.BytesIO()
+    save(obj, buffer, *args, **kwargs)
+    data = buffer.getvalue()
+    step = len(data) // 40 + 1
+    for start in range(0, len(data), step):
+        f.write(data[start:start + step])
+        f.flush()
+        time.sleep(0.005)
+torch.save = slow_save
+sys.argv = sys.argv[1:]
+runpy.run_path(sys.argv[0], run_name="__main__")
+"""
+
+
+def _kill_when(proc: subprocess.Popen, ready, delay: float = 0.0) -> None:
+    """SIGKILL ``proc`` ``delay`` seconds after ``ready()`` first holds; fail if it ends before."""
+    deadline = time.time() + 240
+    while not ready():
+        assert proc.poll() is None, f"the run ended before it could be killed: {proc.stderr.read()}"
+        assert time.time() < deadline, "the run never got there"
+        time.sleep(0.001)
+    time.sleep(delay)
+    assert proc.poll() is None, "the run ended before it could be killed"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    proc.stderr.close()
+
+
+def test_sigkill_during_training_and_during_a_checkpoint_write_then_resume(tiny_dir, tmp_path, reference):
+    out = tmp_path / "run"
+    last, partial = out / "last.pt", out / ".last.pt.tmp"
+    # 1. Killed at a random moment of training, once the first epoch has been saved.
+    proc = _start("--data_path", str(tiny_dir), *RESUME_FLAGS, "--out", str(out))
+    _kill_when(proc, last.exists, delay=random.Random(0).uniform(0.05, 0.3))
+    ckpts = _load_all(out)                                        # every *.pt is complete
+    epoch = ckpts["last.pt"]["epoch"]
+    assert set(ckpts) == {"last.pt", "best.pt"} and 1 <= epoch < RESUME["num_epoch"]
+    assert len(_metrics(out)) - 1 in (epoch - 1, epoch) and not (out / "results.json").exists()
+    # 2. Resumed, and killed in the middle of writing its next last.pt (the bytes trickle out slowly).
+    since = time.time_ns()
+    proc = _start("--resume", str(out), "--quiet", slow_save=True)
+    _kill_when(proc, lambda: last.stat().st_mtime_ns > since and partial.exists())
+    assert partial.exists()                                       # the write in progress is a temporary file...
+    ckpts = _load_all(out)                                        # ...and every *.pt is still complete
+    assert set(ckpts) == {"last.pt", "best.pt"} and ckpts["last.pt"]["epoch"] > epoch
+    # 3. Resumed to the end: the temporary file is gone, the metrics are those of the uninterrupted run.
+    proc = _train_cli("--resume", str(out), "--quiet")
+    assert proc.returncode == 0, proc.stderr
+    assert not [p.name for p in out.iterdir() if p.name.startswith(".")]
+    expected, rows, weights = reference
+    results = json.loads((out / "results.json").read_text())
+    assert results["test"] == expected["test"] and results["best_epoch"] == expected["best_epoch"]
+    assert _metrics(out) == rows
+    final = _load_all(out)["last.pt"]["model"]
+    assert all(torch.equal(final[name], w) for name, w in weights.items())
+
+
+# --------------------------------------------------------------------------------------------
+# Refused before any training: resume problems, untrusted checkpoints, output, device
+# --------------------------------------------------------------------------------------------
+class Evil:
+    """Unpickling this creates the directory ``marker``: proof that code from the file ran."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.mkdir, (str(self.marker),)
+
+
+@pytest.fixture(scope="module")
+def finished_run(tiny_dir, tmp_path_factory) -> Path:
+    """A finished one-epoch run directory (copy it before changing anything)."""
+    out = tmp_path_factory.mktemp("finished") / "run"
+    _quiet(Config(data_path=str(tiny_dir), dim_latent=16, num_epoch=1, num_workers=1), out)
+    return out
+
+
+def _copy(run: Path, to: Path) -> Path:
+    shutil.copytree(run, to)
+    return to
+
+
+def test_resume_refuses_what_it_cannot_continue(finished_run, tiny_dir, tiny_dataset, tmp_path):
+    def refused(argv, message):
+        with pytest.raises(SystemExit, match=message) as info:
+            train.main([str(a) for a in argv])
+        assert str(info.value).startswith("error: ") and "\n" not in str(info.value)
+
+    refused(["--resume", tmp_path / "none"], "expected a run directory of train.py, got no such directory")
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    refused(["--resume", bare], r"config\.json: expected the config of the run to resume")
+    (bare / "config.json").write_text((finished_run / "config.json").read_text())
+    refused(["--resume", bare], r"last\.pt: nothing to resume .* start it again with --out .* --overwrite")
+    refused(["--resume", finished_run, "--l_r", "0.5", "--dim_latent=16"],
+            r"a resumed run keeps its settings, got --l_r 0\.5 \(the run has 0\.001\)$")
+    refused(["--resume", finished_run, "--out", tmp_path / "elsewhere"], "drop --out and --overwrite")
+    edited = _copy(finished_run, tmp_path / "edited")
+    record = json.loads((edited / "config.json").read_text())
+    (edited / "config.json").write_text(json.dumps({**record, "l_r": 0.5}))
+    refused(["--resume", edited], r"last\.pt: made for another config \(l_r: 0\.001 there, 0\.5 in config\.json\)")
+    moved = _copy(finished_run, tmp_path / "moved")                     # its dataset replaced by another one
+    data = shutil.copytree(tiny_dir, tmp_path / "data")
+    (moved / "config.json").write_text(json.dumps({**record, "data_path": str(data)}))
+    ckpt = torch.load(moved / "last.pt", weights_only=True)
+    torch.save({**ckpt, "config": {**ckpt["config"], "data_path": str(data)}}, moved / "last.pt")
+    shutil.rmtree(data)
+    shutil.copytree(tiny_dataset, data)
+    refused(["--resume", moved], r"last\.pt: made for another dataset \(num_user 30 there, 6 in ")
+    truncated = _copy(finished_run, tmp_path / "truncated")
+    (truncated / "last.pt").write_bytes((finished_run / "last.pt").read_bytes()[:4000])
+    refused(["--resume", truncated], r"last\.pt: not a readable checkpoint \(")
+
+
+def test_untrusted_checkpoints_never_run_code(finished_run, tiny_dir, tmp_path):
+    marker = tmp_path / "pwned"
+    planted = _copy(finished_run, tmp_path / "planted")
+    torch.save({"model": {}, "payload": Evil(marker)}, planted / "last.pt")
+    with pytest.raises(SystemExit, match=r"last\.pt: expected a checkpoint of tensors, numbers and strings \(read "
+                                         r"with weights_only=True, which runs no code\), got .*GLOBAL posix\.mkdir"):
+        train.main(["--resume", str(planted)])
+    model = train.build_model(Config(dim_latent=16), load_dataset(tiny_dir))
+    with pytest.raises(SystemExit, match="weights_only=True"):
+        train.load_weights(model, planted / "last.pt")                   # --PATH_weight_load, recommend.py
+    assert not marker.exists()
+    torch.load(planted / "last.pt", weights_only=False)                  # control: the payload is real
+    assert marker.exists()
+
+
+def test_an_output_directory_that_cannot_be_created_is_refused_before_training(tiny_dir, tmp_path, monkeypatch):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    monkeypatch.setattr(train, "load_dataset", lambda *a, **k: pytest.fail("training started"))
+    for out in (blocker / "run", blocker):
+        with pytest.raises(SystemExit, match=f"^error: {re.escape(str(out))}: cannot create the run directory: "
+                                             f"{re.escape(str(blocker))} is not a directory$"):
+            train.main(["--data_path", str(tiny_dir), "--out", str(out)])
+    assert blocker.is_file() and blocker.read_text() == ""
+
+
+def test_cuda_requested_but_unavailable(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert train.pick_device("auto", no_cuda=False) == CPU                # the default falls back silently
+    for request in ("cuda", "cuda:1"):
+        with pytest.raises(SystemExit, match=f"^error: --device {request}: CUDA is not available on this machine"):
+            train.pick_device(request, no_cuda=False)
+    with pytest.raises(SystemExit, match="^error: --device gpu: expected auto, cpu, cuda or cuda:N$"):
+        train.pick_device("gpu", no_cuda=False)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    with pytest.raises(SystemExit, match="expected a CUDA device index below 1"):
+        train.pick_device("cuda:3", no_cuda=False)
+    assert train.pick_device("cuda", no_cuda=True) == CPU
+
+
+@pytest.fixture(scope="module")
+def cli_refusals(tiny_dir, tmp_path_factory) -> dict:
+    """``{case: (process, --out or run directory, expected text)}`` of train.py refusing at the command line."""
+    root = tmp_path_factory.mktemp("refusals")
+    (root / "a_file").write_text("")
+    train_py = [sys.executable, str(ROOT / "train.py"), "--data_path", str(tiny_dir), "--num_epoch=1", "--quiet"]
+    hide_gpus = ["env", "CUDA_VISIBLE_DEVICES="] if shutil.which("env") else []
+    cases = {
+        "cuda_unavailable": (hide_gpus + train_py + ["--device", "cuda", "--out", str(root / "gpu_run")],
+                             root / "gpu_run", "--device cuda: CUDA is not available on this machine"),
+        "out_under_a_file": (train_py + ["--out", str(root / "a_file" / "run")], root / "a_file" / "run",
+                             "is not a directory"),
+    }
+    procs = run_many({name: argv for name, (argv, _, _) in cases.items()})
+    return {name: (procs[name], out, text) for name, (_, out, text) in cases.items()}
+
+
+@pytest.mark.parametrize("name", ["cuda_unavailable", "out_under_a_file"])
+def test_cli_refusals_are_one_line_and_leave_nothing(name, cli_refusals):
+    proc, out, text = cli_refusals[name]
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and text in lines[0], proc.stderr
+    assert not out.exists()
