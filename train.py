@@ -239,10 +239,11 @@ def run(cfg: Config, out: Path, device: torch.device, allow_pickle: bool = False
         save_last(0)
     write_csv_atomic(out / "metrics.csv", header, rows)
 
-    if model.trainable and not finished:
+    last_epoch = cfg.num_epoch if model.trainable and not finished else 0
+    if last_epoch:
         sampler = NegativeSampler(ds.train, ds.num_hashtag, cfg.neg_pop_share, gen)
         train_rows = ds.train.to(device)
-    for epoch in range(first, cfg.num_epoch + 1 if model.trainable and not finished else first):
+    for epoch in range(first, last_epoch + 1):
         t0 = time.time()
         model.train()
         neg = sampler.sample().to(device)                                        # [R]
