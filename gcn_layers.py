@@ -40,6 +40,23 @@ QUERIES = ("pair", "user", "hashtag")
 NEGATIVE_SLOPE = 0.01  # LReLU slope of SPEC §3
 
 
+def pair_norm(x: Tensor, eps: float = 1e-6) -> Tensor:
+    r"""PairNorm (Zhao & Akoglu, ICLR 2020) over the nodes of one type: centre, then rescale to a unit
+    mean squared row norm,
+
+    .. math::
+        \tilde{\mathbf{x}}_i = \mathbf{x}_i - \frac{1}{N}\sum_j \mathbf{x}_j, \qquad
+        \mathbf{x}_i' = \tilde{\mathbf{x}}_i \Big/ \sqrt{\tfrac{1}{N}\textstyle\sum_j \|\tilde{\mathbf{x}}_j\|^2}.
+
+    Mean aggregation followed by LReLU gives every node a large shared positive component, which grows
+    layer by layer until all users (and all hashtags) look alike; centring removes it. No parameters.
+
+    Shapes: x [N, d] -> [N, d]
+    """
+    x = x - x.mean(dim=0, keepdim=True)
+    return x / x.pow(2).sum(dim=1).mean().add(eps).sqrt()
+
+
 def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
     if value not in choices:
         raise ValueError(f"{name} must be one of {choices}, got {value!r}")

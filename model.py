@@ -22,7 +22,7 @@ from torch import Tensor, nn
 from torch_geometric.nn import GCNConv
 
 from data_load import IdSpace, PairGraph
-from gcn_layers import NEGATIVE_SLOPE, PairIndex, PHRConv, ReleasedConv
+from gcn_layers import NEGATIVE_SLOPE, PairIndex, PHRConv, ReleasedConv, pair_norm
 
 ScoreFn = Callable[[Tensor, Tensor, Tensor], Tensor]
 AllScoreFn = Callable[[Tensor, Tensor], Tensor]
@@ -84,6 +84,10 @@ class Config:
                          "training video is as new to the graph as a test video)",
                          choices=("none", "rows", "videos"))
     dropout: float = _opt(0.0, "dropout on node and video representations before scoring")
+    norm: str = _opt("none", "normalisation of GCN-PHR's user and hashtag representations after every "
+                     "aggregation layer: none (the paper); pair = PairNorm (centre over the nodes of each type, "
+                     "rescale to unit mean row norm), against the collapse of mean aggregation",
+                     choices=("none", "pair"))
     # ---- the paper's baselines (SPEC §4; baselines.py) ----
     loss: str = _opt("native", "training loss of a baseline: native = its own paper's (UTM WARP, ConTagNet "
                      "multi-label sigmoid cross-entropy, CSMN sequence cross-entropy, USHM softmax "
@@ -116,6 +120,9 @@ class Config:
         if ablated and self.model_name != "gcn_phr":
             raise ValueError(f"{ablated[0]}: an ablation of GCN-PHR, expected --model_name gcn_phr, "
                              f"got {self.model_name!r}")
+        if self.norm != "none" and (self.model_name != "gcn_phr" or self.graph != "pairs"):
+            raise ValueError(f"--norm {self.norm}: normalises GCN-PHR's pair-graph layers, expected "
+                             f"--model_name gcn_phr --graph pairs, got {self.model_name!r}, {self.graph!r}")
         if self.hide_own != "none" and self.model_name != "gcn_phr":
             raise ValueError(f"--hide_own {self.hide_own}: hides edges of GCN-PHR's graph, expected "
                              f"--model_name gcn_phr, got {self.model_name!r}")
@@ -445,10 +452,14 @@ class GCNPHR(_GraphRanker):
         rows = self.features if outputs is None else self.features[: self.num_graph_rows]
         z_rows = F.leaky_relu(self.video_proj(rows), NEGATIVE_SLOPE, inplace=True)  # [V or V_graph, d], rows' order
         z_graph = z_rows[: self.num_graph_rows]                         # [V_graph, d] the graph's videos
+        if self.cfg.norm == "pair":
+            outputs = None  # PairNorm's mean runs over every node: the last layer visits the whole graph
         x_user, x_tag = self.user_emb, self.tag_emb
         for layer, conv in enumerate(self.convs, start=1):
             x_user, x_tag = conv(x_user, x_tag, z_graph, graph, edge_mask=edge_mask, index=self.index,
                                  outputs=outputs if layer == len(self.convs) else None)
+            if self.cfg.norm == "pair":
+                x_user, x_tag = pair_norm(x_user), pair_norm(x_tag)
         return Reps(x_user, x_tag, self._by_video(z_rows))
 
 

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from data_load import build_pair_graph
-from gcn_layers import PairAttention, PHRConv, ReleasedConv, segment_aggr
+from gcn_layers import PairAttention, PHRConv, ReleasedConv, pair_norm, segment_aggr
 
 U, H, V, D = 3, 4, 6, 5
 # (user, video, hashtag) training rows. Pairs: (0,0) videos 0,1,2; (0,1) video 1; (1,0) videos 3,4;
@@ -374,3 +374,15 @@ def test_released_conv_gradients_reach_every_parameter():
     (out_user.pow(2).sum() + out_tag.pow(2).sum() + out_video.pow(2).sum()).backward()
     for name, param in conv.named_parameters():
         assert param.grad is not None and param.grad.abs().sum() > 0, name
+
+
+def test_pair_norm_centres_rescales_and_ignores_shared_offsets():
+    torch.manual_seed(0)
+    x = torch.randn(50, D) * 3 + torch.linspace(1, 5, D)             # a large shared component
+    out = pair_norm(x)
+    torch.testing.assert_close(out.mean(0), torch.zeros(D), atol=1e-5, rtol=0)
+    torch.testing.assert_close(out.pow(2).sum(1).mean(), torch.tensor(1.0))
+    centred = x - x.mean(0)
+    torch.testing.assert_close(out, centred / centred.norm(dim=1).pow(2).mean().sqrt())
+    torch.testing.assert_close(pair_norm(x + torch.randn(D)), out, atol=1e-5, rtol=1e-4)  # shift-invariant
+    torch.testing.assert_close(pair_norm(7 * x), out)                                       # scale-invariant

@@ -108,6 +108,23 @@ def test_hidden_rows_equal_a_graph_without_them(tiny):
     assert not torch.allclose(hidden.user, shown.user)
 
 
+def test_pair_norm_training_rows_equal_full_propagation(tiny):
+    # with --norm pair the batch path cannot restrict the last layer: its rows equal the full propagation
+    torch.manual_seed(0)
+    model = GCNPHR(_cfg(norm="pair"), tiny.graph, tiny.features())
+    plain = GCNPHR(_cfg(), tiny.graph, tiny.features())
+    plain.load_state_dict(model.state_dict())
+    users, _, pos, neg, _ = _batch(tiny, n=16)
+    with torch.no_grad():
+        full, batch = model.propagate(), model.batch_reps(users, torch.cat([pos, neg]), None)
+        unnormed = plain.propagate()
+    torch.testing.assert_close(batch.user[users], full.user[users])
+    torch.testing.assert_close(batch.tag[pos], full.tag[pos])
+    torch.testing.assert_close(full.user.mean(0), torch.zeros(16), atol=1e-5, rtol=0)
+    assert unnormed.user.mean(0).abs().max() > 1e-3                 # LReLU outputs share a component
+    assert not torch.allclose(full.user, unnormed.user)
+
+
 def test_aggr_and_scoring_modes_change_the_model(tiny):
     outs = {}
     for aggr in ("mean", "max", "add"):
@@ -143,6 +160,8 @@ def test_userpop_counts_the_users_own_hashtags(tiny):
 
 def test_config_rejects_bad_values():
     for bad in ({"aggr_mode": "median"}, {"topk": "5,x"}, {"topk": "5"}, {"l_r": 0.0}, {"dropout": 1.0},
-                {"model_name": "released", "hide_own": "videos"}, {"neg_pop_share": 1.5}):
+                {"model_name": "released", "hide_own": "videos"}, {"neg_pop_share": 1.5},
+                {"model_name": "released", "norm": "pair"}, {"graph": "homogeneous", "norm": "pair"},
+                {"norm": "batch"}):
         with pytest.raises(ValueError):
             dataclasses.replace(Config(), **bad).validate()
