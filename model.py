@@ -23,6 +23,7 @@ from torch_geometric.nn import GCNConv
 
 from data_load import IdSpace, PairGraph
 from gcn_layers import NEGATIVE_SLOPE, PairIndex, PHRConv, ReleasedConv, pair_norm
+from sampling import PairSampler
 
 ScoreFn = Callable[[Tensor, Tensor, Tensor], Tensor]
 AllScoreFn = Callable[[Tensor, Tensor], Tensor]
@@ -96,6 +97,10 @@ class Config:
     baseline_size: str = _opt("paper", "widths of ConTagNet and CSMN: paper = the original papers', "
                               "small = a CPU setting (see their docstrings); UTM and USHM are the same "
                               "in both", choices=("paper", "small"))
+    # ---- scale-out (README: 'Scaling out') ----
+    num_neigh: int = _opt(0, "sampled-subgraph training of GCN-PHR: each mini-batch propagates only through the "
+                          "pairs reachable from its users and hashtags, at most this many sampled pairs per node and "
+                          "layer (0: the whole graph, the release's final behaviour); evaluation uses the whole graph")
 
     @property
     def ks(self) -> tuple[int, ...]:
@@ -126,6 +131,12 @@ class Config:
         if self.hide_own != "none" and self.model_name != "gcn_phr":
             raise ValueError(f"--hide_own {self.hide_own}: hides edges of GCN-PHR's graph, expected "
                              f"--model_name gcn_phr, got {self.model_name!r}")
+        if self.num_neigh < 0:
+            raise ValueError(f"--num_neigh: expected 0 (the whole graph) or a positive count, got {self.num_neigh}")
+        if self.num_neigh and (self.model_name != "gcn_phr" or self.graph != "pairs" or self.norm != "none"):
+            raise ValueError(f"--num_neigh {self.num_neigh}: samples GCN-PHR's pair graph, expected --model_name "
+                             f"gcn_phr --graph pairs --norm none, got {self.model_name!r}, {self.graph!r}, "
+                             f"{self.norm!r}")
         if self.graph == "homogeneous" and len(ablated) > 1:
             raise ValueError(f"{ablated[0]}: the homogeneous graph is a plain GCN without attention or "
                              "message terms; leave --attention on and --messages both")
@@ -415,6 +426,8 @@ class GCNPHR(_GraphRanker):
         self.register_buffer("video_order", order, persistent=False)   # [V]
         # every CSR pattern, built once, on the rows of z: the graph's videos renumbered by row
         self.index = PairIndex(replace(graph, pv_video=graph_rows, num_video=self.num_graph_rows))
+        # sampled-subgraph training (Config.num_neigh): the sampler reads videos as rows of z, like the index
+        self.sampler = PairSampler(graph, cfg.num_neigh, cfg.seed, video_row=position) if cfg.num_neigh else None
         self.convs = nn.ModuleList(PHRConv(cfg.dim_latent, aggr=cfg.aggr_mode, attention=cfg.attention == "on",
                                            messages=cfg.messages)
                                    for _ in range(cfg.num_layers))
@@ -437,6 +450,39 @@ class GCNPHR(_GraphRanker):
 
     def batch_reps(self, users: Tensor, tags: Tensor, hidden_rows: Tensor | None) -> Reps:
         return self.propagate(hidden_rows, outputs=(users, tags))
+
+    def loss(self, users, videos, pos, neg, rows):
+        if self.sampler is None or not self.training:   # full-graph propagation (and evaluation)
+            return super().loss(users, videos, pos, neg, rows)
+        u, v, tags = self.sampled_batch(users, videos, torch.cat([pos, neg.flatten()]), self.hidden_rows(videos, rows))
+        neg_tags = tags[pos.numel():].view(*neg.shape, -1)              # [B, d], or [B, K, d] for [B, K] negatives
+        return bpr_loss(self.scoring(u, v, tags[: pos.numel()]), self.scoring(u, v, neg_tags))
+
+    def sampled_batch(self, users: Tensor, videos: Tensor, tags: Tensor,
+                      hidden_rows: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
+        r"""Sampled-subgraph training (``Config.num_neigh`` = K; ``sampling.py``): :math:`\mathbf{x}_u^L` of
+        ``users``, :math:`\mathbf{z}_v` of ``videos`` and :math:`\mathbf{x}_h^L` of ``tags``, propagated through
+        the pairs reachable from them within L hops, at most K sampled pairs per node and layer.
+
+        Layer l runs the same ``PHRConv`` on the block of its destinations (:class:`sampling.Block`), so its
+        cost follows the sampled pairs, not the graph: only the block's users, hashtags and pair–video edges
+        are visited and only the videos of those edges and of the batch are projected. With K at least the
+        largest degree the results are those of :meth:`propagate` with ``outputs``. ``hidden_rows`` hides
+        those training rows' edges (``Config.hide_own``).
+
+        Shapes: users [B], videos [B], tags [T] → [B, d], [B, d], [T, d]
+        """
+        sub = self.sampler.sample(users, tags, len(self.convs), videos=videos)
+        rows = self.sampler.feature_rows(self.features, sub.video_rows)                     # [V_s, F]
+        z = F.leaky_relu(self.video_proj(rows), NEGATIVE_SLOPE, inplace=True)               # [V_s, d]
+        x_user, x_tag = self.user_emb[sub.in_user], self.tag_emb[sub.in_tag]  # [U_0, d], [H_0, d]
+        for block, conv in zip(sub.blocks, self.convs):
+            edge_mask = None if hidden_rows is None else ~torch.isin(block.graph.pv_row, hidden_rows)  # [E_b]
+            x_user, x_tag = conv(x_user[block.user_from], x_tag[block.tag_from], z, block.graph,
+                                 edge_mask=edge_mask, index=block.index, outputs=block.outputs)
+            x_user, x_tag = x_user[: block.num_dst_user], x_tag[: block.num_dst_tag]  # this layer's outputs
+        return (x_user[torch.searchsorted(sub.out_user, users.contiguous())], z[sub.video_at],
+                x_tag[torch.searchsorted(sub.out_tag, tags.contiguous())])
 
     def propagate(self, hidden_rows: Tensor | None = None, outputs: tuple[Tensor, Tensor] | None = None) -> Reps:
         """Full-graph propagation; ``hidden_rows`` ``[B]`` hides those training rows' edges. With ``outputs``

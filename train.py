@@ -39,6 +39,7 @@ import torch
 from torch import Tensor
 from tqdm import tqdm
 
+import ddp
 import evaluation
 from baselines import PAPER_BASELINES, ContentModel, MatrixFactorization, Popularity, UserPopularity
 from data_load import DataError, Dataset, load_dataset, write_json_atomic
@@ -181,28 +182,43 @@ def default_run_dir(cfg: Config, data: Path) -> Path:
 
 
 def run(cfg: Config, out: Path, device: torch.device, allow_pickle: bool = False,
-        progress: bool = True, log=print, resume: bool = False) -> dict:
+        progress: bool = True, log=print, resume: bool = False, dist: ddp.Dist | None = None) -> dict:
     """Train ``cfg.model_name``, keep the best validation epoch, evaluate test there once.
 
     Every epoch ends by rewriting ``out/last.pt`` (:func:`checkpoint_state`). With ``resume`` the run goes
     on from that file instead of starting afresh, and ends with the metrics an uninterrupted run would
     have (same device and threads); a run that had finished only evaluates test again.
+
+    With ``dist`` (``torchrun``, ``ddp.py``) this process trains its shard of every global batch under
+    ``DistributedDataParallel``; only rank 0 evaluates, logs and writes ``out``, and only it returns the
+    results (the others return an empty dict).
     """
     start = time.time()
+    main = dist is None or dist.main
+    if not main:
+        log, progress = (lambda *a, **k: None), False
     torch.manual_seed(cfg.seed)
-    torch.set_num_threads(max(1, min(cfg.num_workers, os.cpu_count() or 1)))
+    cores = (os.cpu_count() or 1) // (dist.local_world_size if dist else 1)  # shared by the local processes
+    torch.set_num_threads(max(1, min(cfg.num_workers, cores)))
     data = resolve_data(cfg)
     ds = load_dataset(data, allow_pickle=allow_pickle)
     log(f"data    {ds}")
     model = build_model(cfg, ds).to(device)
-    ckpt = read_checkpoint(out / LAST, cfg, data_record(data, ds)) if resume else None
+    ckpt = read_checkpoint(out / LAST, cfg, data_record(data, ds), dist) if resume else None
     if cfg.PATH_weight_load and not resume:
         load_weights(model, cfg.PATH_weight_load)
-    make_run_dir(out)
-    for stale_file in [*out.glob(".*.tmp"), *([] if resume else [out / name for name in RUN_FILES])]:
-        stale_file.unlink(missing_ok=True)   # a killed write's temporary file; a replaced run's files
-    if not resume:
-        write_json_atomic(out / "config.json", {**asdict(cfg), "data": str(data), "device": str(device)})
+    if dist is not None:  # the same initial weights everywhere; from here on, each process its own draws
+        torch.manual_seed(ddp.rank_seed(cfg.seed, dist.rank))
+        if getattr(model, "sampler", None) is not None:
+            model.sampler.reseed(ddp.rank_seed(cfg.seed, dist.rank))
+        log(f"ddp     {dist.world_size} processes ({'nccl' if device.type == 'cuda' else 'gloo'}), "
+            f"{cfg.batch_size} rows per global batch")
+    if main:
+        make_run_dir(out)
+        for stale_file in [*out.glob(".*.tmp"), *([] if resume else [out / name for name in RUN_FILES])]:
+            stale_file.unlink(missing_ok=True)   # a killed write's temporary file; a replaced run's files
+        if not resume:
+            write_json_atomic(out / "config.json", {**asdict(cfg), "data": str(data), "device": str(device)})
     ks = cfg.ks
     evaluate = lambda split: evaluation.evaluate(split, model.scorer(), ks=ks,
                                                  batch_size=cfg.eval_batch_size, device=device)
@@ -215,77 +231,95 @@ def run(cfg: Config, out: Path, device: torch.device, allow_pickle: bool = False
         if model.trainable else None
     best, best_state, stale, first, finished = {"epoch": 0, "recall@10": -1.0}, None, 0, 1, False
 
-    def save_last(epoch: int) -> None:
-        save_checkpoint(checkpoint_state(model, optimizer, gen, cfg, data_record(data, ds), epoch=epoch,
-                                         finished=finished, best=best, best_state=best_state, stale=stale,
-                                         rows=rows, device=device), out / LAST)
+    def save_last(epoch: int) -> None:  # a collective under DDP: every process hands rank 0 its random states
+        ranks = None if dist is None else dist.gather_objects(process_rng_state(model, device))
+        if main:
+            save_checkpoint(checkpoint_state(model, optimizer, gen, cfg, data_record(data, ds), epoch=epoch,
+                                             finished=finished, best=best, best_state=best_state, stale=stale,
+                                             rows=rows, device=device, ranks=ranks), out / LAST)
 
     if ckpt is not None:
-        restore(ckpt, out / LAST, model, optimizer, gen, device)
+        restore(ckpt, out / LAST, model, optimizer, gen, device, dist)
         best, best_state, stale, rows, finished = (ckpt[k] for k in ("best", "best_model", "stale", "metrics",
                                                                      "finished"))
         first = ckpt["epoch"] + 1
-        if best_state is not None:                                     # best.pt as it was at that epoch
+        if best_state is not None and main:                            # best.pt as it was at that epoch
             save_weights_state(best_state, cfg, out / BEST, epoch=best["epoch"])
         log(f"resume  {out / LAST}: epoch {ckpt['epoch']} done, best validation epoch {best['epoch']}"
             + ("; nothing left to train" if finished else ""))
     elif not model.trainable:
-        with torch.no_grad():
-            model.eval()
-            val = evaluate(ds.val)
-        log(f"epoch   0  (nothing to train)  val R@10 {val['recall@10']:.4f}")
-        best, best_state, finished = {"epoch": 0, "recall@10": val["recall@10"], "val": val}, model.state_dict(), True
-        save_weights(model, cfg, out / BEST, epoch=0)
+        finished = True
+        if main:
+            with torch.no_grad():
+                model.eval()
+                val = evaluate(ds.val)
+            log(f"epoch   0  (nothing to train)  val R@10 {val['recall@10']:.4f}")
+            best, best_state = {"epoch": 0, "recall@10": val["recall@10"], "val": val}, model.state_dict()
+            save_weights(model, cfg, out / BEST, epoch=0)
         save_last(0)
-    write_csv_atomic(out / "metrics.csv", header, rows)
+    if main:
+        write_csv_atomic(out / "metrics.csv", header, rows)
 
     last_epoch = cfg.num_epoch if model.trainable and not finished else 0
     if last_epoch:
         sampler = NegativeSampler(ds.train, ds.num_hashtag, cfg.neg_pop_share, gen)
         train_rows = ds.train.to(device)
+        batch_loss = model.loss if dist is None else ddp.wrap(model, device)   # (users, videos, pos, neg, rows)
     for epoch in range(first, last_epoch + 1):
         t0 = time.time()
         model.train()
-        neg = sampler.sample().to(device)                                        # [R]
+        neg = sampler.sample().to(device)                                        # [R], the same in every process
         order = torch.randperm(len(ds.train), generator=gen).to(device)          # [R]
         total = 0.0
         batches = order.split(cfg.batch_size)
         for rows_batch in tqdm(batches, desc=f"epoch {epoch}", leave=False, disable=not progress):
+            if dist is not None:
+                rows_batch = dist.shard(rows_batch)                              # [B / N] this process's share
             users, videos, pos = train_rows[rows_batch].unbind(1)                # [B] each
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.amp):
-                loss = model.loss(users, videos, pos, neg[rows_batch], rows_batch)
-            if not torch.isfinite(loss):
+                loss = batch_loss(users, videos, pos, neg[rows_batch], rows_batch)
+            global_loss = loss.detach() if dist is None else dist.all_sum(loss)   # the whole global batch's
+            if not torch.isfinite(global_loss):
                 kept = f"{out / LAST} (epoch {epoch - 1}) and {out / BEST} stay" if epoch > 1 \
                     else "no epoch finished, nothing was saved"
-                raise SystemExit(f"error: epoch {epoch}: the loss is {loss.item()}; stopping ({kept})")
+                raise SystemExit(f"error: epoch {epoch}: the loss is {global_loss.item()}; stopping ({kept})")
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            # DDP averages the processes' gradients; the loss is a sum, so each contributes N × its shard's
+            (loss if dist is None else loss * dist.world_size).backward()
             optimizer.step()
-            total += loss.item()
+            total += global_loss.item()
         model.eval()
-        with torch.no_grad():
-            val = evaluate(ds.val)
-        seconds = time.time() - t0
-        mean_loss = total / len(ds.train)
-        rows.append([str(epoch), f"{mean_loss:.6f}", *[f"{val[n]:.6f}" for n in names], f"{seconds:.2f}"])
-        improved = val["recall@10"] > best["recall@10"]
-        log(f"epoch {epoch:3d}  loss {mean_loss:.4f}  val P@10 {val['precision@10']:.4f}  "
-            f"R@10 {val['recall@10']:.4f}  NDCG@10 {val['ndcg@10']:.4f}  {seconds:.1f}s"
-            + ("  *" if improved else ""))
-        if improved:
-            best, stale = {"epoch": epoch, "recall@10": val["recall@10"], "val": val}, 0
-            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-            save_weights(model, cfg, out / BEST, epoch=epoch)
-        else:
-            stale += 1
-        early = bool(cfg.patience and stale >= cfg.patience)
+        early = False
+        if main:
+            with torch.no_grad():
+                val = evaluate(ds.val)
+            seconds = time.time() - t0
+            mean_loss = total / len(ds.train)
+            rows.append([str(epoch), f"{mean_loss:.6f}", *[f"{val[n]:.6f}" for n in names], f"{seconds:.2f}"])
+            improved = val["recall@10"] > best["recall@10"]
+            log(f"epoch {epoch:3d}  loss {mean_loss:.4f}  val P@10 {val['precision@10']:.4f}  "
+                f"R@10 {val['recall@10']:.4f}  NDCG@10 {val['ndcg@10']:.4f}  {seconds:.1f}s"
+                + ("  *" if improved else ""))
+            if improved:
+                best, stale = {"epoch": epoch, "recall@10": val["recall@10"], "val": val}, 0
+                best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+                save_weights(model, cfg, out / BEST, epoch=epoch)
+            else:
+                stale += 1
+            early = bool(cfg.patience and stale >= cfg.patience)
+        if dist is not None:                                  # the others wait here for rank 0's decision
+            early = dist.broadcast_flag(early, device)
         finished = early or epoch == cfg.num_epoch
         save_last(epoch)
-        write_csv_atomic(out / "metrics.csv", header, rows)
+        if main:
+            write_csv_atomic(out / "metrics.csv", header, rows)
         if early:
             log(f"early stop: no better validation Recall@10 for {cfg.patience} epochs")
             break
 
+    if not main:
+        dist.barrier()                                        # rank 0 evaluates test and writes the results
+        return {}
     load_weights(model, out / BEST)
     model.eval()
     with torch.no_grad():
@@ -302,6 +336,8 @@ def run(cfg: Config, out: Path, device: torch.device, allow_pickle: bool = False
     write_json_atomic(out / "results.json", results)
     log(f"test at best validation epoch {best['epoch']} ({cfg.model_name}, seed {cfg.seed}):")
     log(evaluation.format_table(test, ks))
+    if dist is not None:
+        dist.barrier()
     return results
 
 
@@ -374,19 +410,32 @@ def data_record(data: Path, ds: Dataset) -> dict:
             "num_video": ds.num_video, "train_rows": len(ds.train), "num_neg": ds.num_neg}
 
 
+def process_rng_state(model: Ranker, device: torch.device) -> dict:
+    """This process's own random states: torch's global generator, CUDA's on a GPU, and the neighbour
+    sampler's with ``--num_neigh`` (each process of a DDP run has its own)."""
+    rng = {"torch": torch.get_rng_state()}
+    if device.type == "cuda":
+        rng["cuda"] = torch.cuda.get_rng_state(device)
+    if getattr(model, "sampler", None) is not None:
+        rng["neighbours"] = model.sampler.generator().get_state()
+    return rng
+
+
 def checkpoint_state(model: Ranker, optimizer: torch.optim.Optimizer | None, gen: torch.Generator, cfg: Config,
                      data: dict, *, epoch: int, finished: bool, best: dict, best_state: dict | None, stale: int,
-                     rows: list, device: torch.device) -> dict:
+                     rows: list, device: torch.device, ranks: list[dict] | None = None) -> dict:
     """Everything :func:`run` needs to go on after ``epoch`` as if it had never stopped.
 
     Tensors, numbers, strings, lists and dicts only, so ``torch.load(weights_only=True)`` reads it. The
     random states are those of every source training draws from: the negatives' and batch order's
-    generator, torch's global generator (dropout, the WARP and CSMN baselines' draws) and, on CUDA, the
-    device's generator; nothing in training uses numpy's or Python's ``random``.
+    generator, torch's global generator (dropout, the WARP and CSMN baselines' draws), on CUDA the
+    device's generator, and the neighbour sampler's (``--num_neigh``); nothing in training uses numpy's or
+    Python's ``random``. Under DDP, ``rng["ranks"]`` holds every process's own states, in rank order
+    (:func:`process_rng_state`; rank 0's are also at the top level).
     """
-    rng = {"negatives": gen.get_state(), "torch": torch.get_rng_state()}
-    if device.type == "cuda":
-        rng["cuda"] = torch.cuda.get_rng_state(device)
+    rng = {"negatives": gen.get_state(), **process_rng_state(model, device)}
+    if ranks is not None:
+        rng["ranks"] = ranks
     return {"format": 1, "model": model.state_dict(), "config": asdict(cfg), "epoch": epoch,
             "optimizer": optimizer.state_dict() if optimizer is not None else None, "finished": finished,
             "best": best, "best_model": best_state, "stale": stale, "metrics": rows, "rng": rng, "data": data}
@@ -412,8 +461,9 @@ def _read(path) -> dict:
     return ckpt
 
 
-def read_checkpoint(path: Path, cfg: Config, data: dict) -> dict:
-    """The resumable state in ``path``, checked against the run's config and dataset (one-line errors)."""
+def read_checkpoint(path: Path, cfg: Config, data: dict, dist: ddp.Dist | None = None) -> dict:
+    """The resumable state in ``path``, checked against the run's config, dataset and number of processes
+    (one-line errors)."""
     ckpt = _read(path)
     missing = [k for k in CHECKPOINT_KEYS if k not in ckpt]
     if missing or ckpt["format"] != 1:
@@ -429,12 +479,19 @@ def read_checkpoint(path: Path, cfg: Config, data: dict) -> dict:
              if k != "path" and recorded.get(k) != v]
     if other:
         raise SystemExit(f"error: {path}: made for another dataset ({'; '.join(other[:3])})")
+    ranks = ckpt["rng"].get("ranks") if isinstance(ckpt["rng"], dict) else None
+    made_by, now = len(ranks) if isinstance(ranks, list) else 1, 1 if dist is None else dist.world_size
+    if made_by != now:
+        again = "python train.py" if made_by == 1 else f"torchrun --nproc_per_node={made_by} train.py"
+        raise SystemExit(f"error: {path}: made by {made_by} training process(es), resumed with {now}; resume "
+                         f"it as it ran: {again} --resume …")
     return ckpt
 
 
 def restore(ckpt: dict, path: Path, model: Ranker, optimizer: torch.optim.Optimizer | None,
-            gen: torch.Generator, device: torch.device) -> None:
-    """Put the model, the optimiser and every random generator back as ``ckpt`` recorded them."""
+            gen: torch.Generator, device: torch.device, dist: ddp.Dist | None = None) -> None:
+    """Put the model, the optimiser and every random generator back as ``ckpt`` recorded them (under DDP,
+    this process's own ones)."""
     if ckpt["best_model"] is not None:
         check_state(model, ckpt["best_model"], path)
     load_state(model, ckpt["model"], path)
@@ -442,10 +499,13 @@ def restore(ckpt: dict, path: Path, model: Ranker, optimizer: torch.optim.Optimi
         if optimizer is not None:
             optimizer.load_state_dict(ckpt["optimizer"])
         gen.set_state(ckpt["rng"]["negatives"])
-        torch.set_rng_state(ckpt["rng"]["torch"])
-        if device.type == "cuda" and "cuda" in ckpt["rng"]:
-            torch.cuda.set_rng_state(ckpt["rng"]["cuda"], device)
-    except (KeyError, TypeError, ValueError, RuntimeError) as err:
+        own = ckpt["rng"] if dist is None else ckpt["rng"]["ranks"][dist.rank]
+        torch.set_rng_state(own["torch"])
+        if device.type == "cuda" and "cuda" in own:
+            torch.cuda.set_rng_state(own["cuda"], device)
+        if getattr(model, "sampler", None) is not None:
+            model.sampler.generator().set_state(own["neighbours"])
+    except (KeyError, IndexError, TypeError, ValueError, RuntimeError) as err:
         raise SystemExit(f"error: {path}: expected the optimiser and random states of this run "
                          f"({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''})") from None
 
@@ -530,9 +590,34 @@ def resume_config(run_dir: Path, given: dict) -> tuple[Config, str]:
     return cfg, str(saved.get("device", "auto"))
 
 
+def pick_ddp_device(request: str, no_cuda: bool, dist: ddp.Dist) -> torch.device:
+    """Under ``torchrun``: process r trains on ``cuda:LOCAL_RANK`` (``auto`` with CUDA, or ``cuda``), else on
+    the CPU; a fixed GPU index would put every process on one GPU and is refused."""
+    if request.startswith("cuda:"):
+        raise SystemExit(f"error: --device {request}: under torchrun each process takes the GPU of its LOCAL_RANK; "
+                         "pass --device cuda (or auto)")
+    device = pick_device(request, no_cuda)
+    if device.type != "cuda":
+        return device
+    if dist.local_rank >= torch.cuda.device_count():
+        raise SystemExit(f"error: --nproc_per_node: process {dist.local_rank} of this machine has no GPU "
+                         f"({torch.cuda.device_count()} here); start at most that many processes per machine")
+    return torch.device("cuda", dist.local_rank)
+
+
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
+    dist = ddp.from_env()                                          # torchrun with more than one process
+    try:
+        return _main(args, argv, dist)
+    finally:
+        if dist is not None:
+            ddp.shutdown()
+
+
+def _main(args: argparse.Namespace, argv: list[str], dist: ddp.Dist | None) -> int:
+    main_rank = dist is None or dist.main
     request = args.device
     if args.resume:
         if (args.out and Path(args.out) != Path(args.resume)) or args.overwrite:
@@ -540,7 +625,7 @@ def main(argv=None) -> int:
         out = Path(args.resume)
         cfg, ran_on = resume_config(out, explicit_config_flags(argv))
         if request == "auto":                                      # by default, on the device it ran on
-            request = ran_on
+            request = "cuda" if dist is not None and ran_on.startswith("cuda") else ran_on
     else:
         try:
             cfg = config_from_args(args)
@@ -553,20 +638,28 @@ def main(argv=None) -> int:
             print(f"error: {out}: the run directory exists (pass --resume {out} to continue it, --overwrite to "
                   "start it again, or another --out)", file=sys.stderr)
             return 2
-    device = pick_device(request, args.no_cuda)
+    device = pick_device(request, args.no_cuda) if dist is None else pick_ddp_device(request, args.no_cuda, dist)
     check_writable(out)
+    if dist is not None:
+        ddp.init(device)
+        out = dist.broadcast_object(out)  # the default name has the time in it: rank 0's
+        dist.barrier()                    # every process checked the directory before rank 0 writes into it
     try:
-        run(cfg, out, device, allow_pickle=args.allow_pickle, progress=not args.quiet, resume=bool(args.resume))
+        run(cfg, out, device, allow_pickle=args.allow_pickle, progress=not args.quiet, resume=bool(args.resume),
+            dist=dist)
     except DataError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(f"error: interrupted; continue with: python train.py --resume {out}", file=sys.stderr)
+        if main_rank:
+            again = "python train.py" if dist is None else f"torchrun --nproc_per_node={dist.world_size} train.py"
+            print(f"error: interrupted; continue with: {again} --resume {out}", file=sys.stderr)
         return 130
     except OSError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
-    print(f"run directory: {out}")
+    if main_rank:
+        print(f"run directory: {out}")
     return 0
 
 
