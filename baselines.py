@@ -37,6 +37,11 @@ from data_load import PairGraph
 from model import AllScoreFn, Config, Ranker, ScoreFn, bpr_loss
 
 
+def _dot(x: Tensor, tags: Tensor) -> Tensor:
+    """Row-wise scores of ``x`` [B, d] against ``tags`` [B, d] → [B] or [B, K, d] → [B, K]."""
+    return (x.unsqueeze(1) * tags).sum(-1) if tags.dim() == 3 else (x * tags).sum(-1)
+
+
 class Popularity(Ranker):
     """``pop``: s(u, v, h) = number of training rows with hashtag h. Nothing to train."""
 
@@ -100,7 +105,7 @@ class ContentModel(Ranker):
 
     def loss(self, users, videos, pos, neg, rows):
         v = self.proj(self.features[videos])                                     # [B, d]
-        return bpr_loss((v * self.tag_emb[pos]).sum(-1), (v * self.tag_emb[neg]).sum(-1))
+        return bpr_loss((v * self.tag_emb[pos]).sum(-1), _dot(v, self.tag_emb[neg]))
 
     def scorer(self) -> ScoreFn:
         def score(users: Tensor, videos: Tensor, cand: Tensor) -> Tensor:
@@ -124,7 +129,7 @@ class MatrixFactorization(Ranker):
 
     def loss(self, users, videos, pos, neg, rows):
         u = self.user_emb[users]                                                 # [B, d]
-        return bpr_loss((u * self.tag_emb[pos]).sum(-1), (u * self.tag_emb[neg]).sum(-1))
+        return bpr_loss((u * self.tag_emb[pos]).sum(-1), _dot(u, self.tag_emb[neg]))
 
     def scorer(self) -> ScoreFn:
         def score(users: Tensor, videos: Tensor, cand: Tensor) -> Tensor:

@@ -30,6 +30,9 @@ AllScoreFn = Callable[[Tensor, Tensor], Tensor]
 """``(users [B], videos [B]) -> scores [B, H]`` of every hashtag (:meth:`Ranker.all_scorer`)."""
 
 
+MULTI_NEGATIVE = ("gcn_phr", "released", "content", "mf")  # BPR models whose loss takes [B, K] negatives
+
+
 def _opt(default, help: str, **kw):
     return field(default=default, metadata={"help": help, **kw})
 
@@ -84,6 +87,9 @@ class Config:
                          "release), rows (the batch's rows), videos (every edge of the batch's videos, so a "
                          "training video is as new to the graph as a test video)",
                          choices=("none", "rows", "videos"))
+    neg_per_row: int = _opt(1, "negatives drawn per training row each epoch; BPR averages a row's terms "
+                            "(1 = the paper); more negatives show each user the popular hashtags it does not "
+                            "use more often, without changing their distribution")
     dropout: float = _opt(0.0, "dropout on node and video representations before scoring")
     norm: str = _opt("none", "normalisation of GCN-PHR's user and hashtag representations after every "
                      "aggregation layer: none (the paper); pair = PairNorm (centre over the nodes of each type, "
@@ -112,7 +118,7 @@ class Config:
             if choices and getattr(self, f.name) not in choices:
                 raise ValueError(f"--{f.name}: expected one of {choices}, got {getattr(self, f.name)!r}")
         positive = ("l_r", "batch_size", "dim_latent", "num_epoch", "num_layers", "num_heads",
-                    "eval_batch_size", "num_workers")
+                    "eval_batch_size", "num_workers", "neg_per_row")
         for name in positive:
             if getattr(self, name) <= 0:
                 raise ValueError(f"--{name}: expected a positive value, got {getattr(self, name)}")
@@ -128,6 +134,9 @@ class Config:
         if self.norm != "none" and (self.model_name != "gcn_phr" or self.graph != "pairs"):
             raise ValueError(f"--norm {self.norm}: normalises GCN-PHR's pair-graph layers, expected "
                              f"--model_name gcn_phr --graph pairs, got {self.model_name!r}, {self.graph!r}")
+        if self.neg_per_row > 1 and self.model_name not in MULTI_NEGATIVE:
+            raise ValueError(f"--neg_per_row {self.neg_per_row}: expected 1 for {self.model_name!r} (more "
+                             f"negatives per row are for the BPR models {', '.join(MULTI_NEGATIVE)})")
         if self.hide_own != "none" and self.model_name != "gcn_phr":
             raise ValueError(f"--hide_own {self.hide_own}: hides edges of GCN-PHR's graph, expected "
                              f"--model_name gcn_phr, got {self.model_name!r}")
@@ -171,9 +180,15 @@ class Ranker(nn.Module):
 
 
 def bpr_loss(pos_score: Tensor, neg_score: Tensor) -> Tensor:
-    """−Σ ln σ(s⁺ − s⁻), with the numerically stable log-sigmoid (SPEC §3)."""
-    diff = pos_score - neg_score
-    return -F.logsigmoid(diff.to(torch.promote_types(diff.dtype, torch.float32))).sum()  # float32 under autocast
+    """−Σ ln σ(s⁺ − s⁻), with the numerically stable log-sigmoid (SPEC §3), summed over the rows.
+
+    Shapes: pos_score [B], neg_score [B] (one negative per row, the paper) or [B, K] (``--neg_per_row K``:
+    the K terms of a row are averaged, so the loss keeps the scale the weight decay was set for).
+    """
+    diff = pos_score.unsqueeze(-1) - neg_score if neg_score.dim() == 2 else pos_score - neg_score
+    diff = diff.to(torch.promote_types(diff.dtype, torch.float32))                      # float32 under autocast
+    terms = -F.logsigmoid(diff)
+    return (terms.mean(-1) if neg_score.dim() == 2 else terms).sum()
 
 
 class UserScorer(nn.Module):
@@ -367,10 +382,10 @@ class _GraphRanker(Ranker):
         return self.propagate(hidden_rows)
 
     def loss(self, users, videos, pos, neg, rows):
-        reps = self.batch_reps(users, torch.cat([pos, neg]), self.hidden_rows(videos, rows))
+        reps = self.batch_reps(users, torch.cat([pos, neg.flatten()]), self.hidden_rows(videos, rows))
         u, v = reps.user[users], reps.video[videos]                    # [B, d]
         s_pos = self.scoring(u, v, reps.tag[pos])                       # [B]
-        s_neg = self.scoring(u, v, reps.tag[neg])                       # [B]
+        s_neg = self.scoring(u, v, reps.tag[neg])                       # [B] or [B, K]
         return bpr_loss(s_pos, s_neg)
 
     def scorer(self) -> ScoreFn:

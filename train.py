@@ -135,14 +135,15 @@ def build_model(cfg: Config, ds: Dataset, features: Tensor | None = None) -> Ran
 
 
 class NegativeSampler:
-    """One negative hashtag per training row (SPEC §3), redrawn each call, vectorised.
+    """One negative hashtag per training row (SPEC §3; K with ``per_row``), redrawn each call, vectorised.
 
     Drawn from the hashtags seen in training, a share ``pop_share`` of them in proportion to popularity
     and the rest uniformly (``pop_share = 0`` is the paper's uniform draw), excluding the hashtags of the
     row's own video (rejection, redrawing only the rejected entries).
     """
 
-    def __init__(self, train: Tensor, num_hashtag: int, pop_share: float, generator: torch.Generator):
+    def __init__(self, train: Tensor, num_hashtag: int, pop_share: float, generator: torch.Generator,
+                 per_row: int = 1):
         count = torch.bincount(train[:, 2], minlength=num_hashtag).double()       # [H]
         seen = (count > 0).double()
         self.prob = (1 - pop_share) * seen / seen.sum() + pop_share * count / count.sum()   # [H]
@@ -150,18 +151,21 @@ class NegativeSampler:
         self.videos = train[:, 1]
         self.own = torch.unique(train[:, 1] * num_hashtag + train[:, 2])         # sorted (video, tag) keys
         self.gen = generator
+        self.per_row = per_row
 
     def _draw(self, n: int) -> Tensor:
         return torch.multinomial(self.prob, n, replacement=True, generator=self.gen)
 
     def sample(self) -> Tensor:
-        neg = self._draw(self.videos.numel())                                     # [R]
+        """``[R]`` one negative per row, or ``[R, K]`` with ``per_row`` K > 1."""
+        videos = self.videos if self.per_row == 1 else self.videos.repeat_interleave(self.per_row)  # [R·K]
+        neg = self._draw(videos.numel())                                          # [R·K]
         todo = torch.arange(neg.numel())
         for _ in range(100):
-            clash = torch.isin(self.videos[todo] * self.num_hashtag + neg[todo], self.own)
+            clash = torch.isin(videos[todo] * self.num_hashtag + neg[todo], self.own)
             todo = todo[clash]
             if todo.numel() == 0:
-                return neg
+                return neg if self.per_row == 1 else neg.view(-1, self.per_row)
             neg[todo] = self._draw(todo.numel())
         raise RuntimeError("could not draw negatives: a training video carries nearly every hashtag")
 
@@ -262,7 +266,7 @@ def run(cfg: Config, out: Path, device: torch.device, allow_pickle: bool = False
 
     last_epoch = cfg.num_epoch if model.trainable and not finished else 0
     if last_epoch:
-        sampler = NegativeSampler(ds.train, ds.num_hashtag, cfg.neg_pop_share, gen)
+        sampler = NegativeSampler(ds.train, ds.num_hashtag, cfg.neg_pop_share, gen, cfg.neg_per_row)
         train_rows = ds.train.to(device)
         batch_loss = model.loss if dist is None else ddp.wrap(model, device)   # (users, videos, pos, neg, rows)
     for epoch in range(first, last_epoch + 1):

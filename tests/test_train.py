@@ -16,12 +16,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import run_many
+from conftest import run_many, training_batch
 
 import evaluation
 import train
 from data_load import load_dataset
-from model import Config
+from model import Config, bpr_loss
 
 ROOT = Path(__file__).resolve().parents[1]
 RELEASE_FLAGS = ["--l_r=0.001", "--weight_decay=0.1", "--batch_size=1024", "--dim_latent=64", "--num_workers=30",
@@ -118,6 +118,31 @@ def test_negatives_avoid_the_videos_own_hashtags(tiny):
         assert not any((v, h) in own for v, h in zip(tiny.train[:, 1].tolist(), neg.tolist()))
         seen = set(tiny.train[:, 2].tolist())
         assert set(neg.tolist()) <= seen
+
+
+def test_several_negatives_per_row_have_the_shape_and_the_rules_of_one(tiny):
+    gen = torch.Generator().manual_seed(0)
+    neg = train.NegativeSampler(tiny.train, tiny.num_hashtag, 0.0, gen, per_row=4).sample()   # [R, 4]
+    assert neg.shape == (len(tiny.train), 4)
+    own = set(map(tuple, tiny.train[:, 1:].tolist()))
+    videos = tiny.train[:, 1].repeat_interleave(4).tolist()
+    assert not any((v, h) in own for v, h in zip(videos, neg.flatten().tolist()))
+    assert (neg[:, 0] != neg[:, 1]).any()                                      # independent draws
+
+
+def test_bpr_over_several_negatives_averages_a_rows_terms(tiny):
+    pos, neg = torch.tensor([2.0, 0.5]), torch.tensor([[1.0, 3.0, 0.0], [0.5, -1.0, 2.0]])
+    by_column = sum(bpr_loss(pos, neg[:, k]) for k in range(3)) / 3
+    torch.testing.assert_close(bpr_loss(pos, neg), by_column)
+    torch.manual_seed(0)
+    for name in ("gcn_phr", "mf"):
+        model = train.build_model(Config(model_name=name, dim_latent=8), tiny)
+        users, videos, pos_tags, neg_tags, rows = training_batch(tiny, n=32)
+        one = model.loss(users, videos, pos_tags, neg_tags, rows)
+        same_k = model.loss(users, videos, pos_tags, neg_tags.unsqueeze(1).expand(-1, 3), rows)
+        torch.testing.assert_close(one, same_k)
+    with pytest.raises(ValueError, match="neg_per_row"):
+        Config(model_name="utm", neg_per_row=4).validate()
 
 
 def test_popularity_share_shifts_negatives_to_popular_hashtags(tiny):
