@@ -70,6 +70,13 @@ predictive, as people reuse their hashtags on real data. Seed 0 gives (test Reca
 Usage::
 
     python make_data.py --preset small --out data/small --seed 0 [--format legacy]
+    python make_data.py --preset yfcc --scale 4 --feature_dims 256,16,12 --num_neg 100 --no_references
+
+``--scale S`` multiplies the preset's users, hashtags, videos and topics by S (:func:`scaled`): every
+topic keeps the preset's number of hashtags and every user the preset's habits, so the graph grows
+by S with the same local structure (and the generator's cost, linear in S); ``--feature_dims`` and
+``--num_neg`` replace the feature dimensions and the negatives per val/test line. The presets
+themselves never change.
 
 The raw ``posts.tsv`` and ``<modality>.npy`` files are written to a temporary folder beside OUT and
 removed once ``prepare`` has written the project format into OUT; ``--format legacy`` also writes the
@@ -194,6 +201,21 @@ def _block(offset: np.ndarray, blocks: np.ndarray) -> tuple[np.ndarray, np.ndarr
     within = np.arange(np.diff(offset).max())  # [W] rank inside a block
     valid = within < sizes[..., None]  # [..., W]
     return offset[blocks][..., None] + np.minimum(within, sizes[..., None] - 1), valid
+
+
+def scaled(p: Preset, scale: float = 1.0, feature_dims: tuple[int, int, int] | None = None,
+           num_neg: int | None = None) -> Preset:
+    """``p`` with its users, hashtags, videos and topics multiplied by ``scale`` (rounded; a topic keeps about
+    the preset's hashtags, a user her habits, so the graph grows by ``scale`` with the same local structure),
+    and, when given, other ``feature_dims`` and ``num_neg``."""
+    if scale <= 0:
+        raise ValueError(f"scaled: expected a positive scale, got {scale}")
+    grow = lambda n: max(1, round(n * scale))
+    return dataclasses.replace(
+        p, num_user=grow(p.num_user), num_hashtag=grow(p.num_hashtag), num_video=grow(p.num_video),
+        num_topic=max(p.user_topics[1], grow(p.num_topic)),
+        feature_dims=p.feature_dims if feature_dims is None else tuple(feature_dims),
+        num_neg=p.num_neg if num_neg is None else num_neg)
 
 
 def sample_world(p: Preset, rng: np.random.Generator) -> World:
@@ -423,14 +445,18 @@ def reference_recalls(p: Preset, w: World, vids: Videos, names: dict, ds) -> dic
             for name, fn in scorers.items()}
 
 
-def build(preset: str, out, seed: int = 0, legacy: bool = False, overwrite: bool = False) -> Path:
+def build(preset: str, out, seed: int = 0, legacy: bool = False, overwrite: bool = False, scale: float = 1.0,
+          feature_dims: tuple[int, int, int] | None = None, num_neg: int | None = None,
+          references: bool = True) -> Path:
     """Generate preset ``preset`` with ``seed`` into the project-format directory ``out``.
 
     Writes the raw files to a temporary folder beside ``out``, runs ``data_load.prepare`` on them (same
     seed), then records the generator's parameters and reference recalls in ``meta.json``. With
-    ``legacy`` also writes the released layout into ``out/legacy``. Returns ``out``.
+    ``legacy`` also writes the released layout into ``out/legacy``. ``scale``, ``feature_dims`` and
+    ``num_neg`` change the preset's sizes (:func:`scaled`); ``references=False`` skips the reference
+    recalls (their ``[V, T]`` topic matrices are the generator's largest at a large scale). Returns ``out``.
     """
-    p, out = PRESETS[preset], Path(out)
+    p, out = scaled(PRESETS[preset], scale, feature_dims, num_neg), Path(out)
     if out.exists() and not overwrite:
         raise data_load.DataError(f"{out}: expected a new output directory, got an existing one "
                                   "(pass --overwrite to replace it)")
@@ -440,6 +466,8 @@ def build(preset: str, out, seed: int = 0, legacy: bool = False, overwrite: bool
     out.parent.mkdir(parents=True, exist_ok=True)
     raw = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.raw-"))
     record = {"preset": preset, "seed": seed, "params": dataclasses.asdict(p)}
+    if p != PRESETS[preset]:
+        record["scale"] = scale
     try:
         names = write_raw(p, world, vids, raw, rng)
         data_load.prepare(raw / "posts.tsv", [raw / f"{m}.npy" for m in MODALITIES], out, seed=seed,
@@ -448,7 +476,8 @@ def build(preset: str, out, seed: int = 0, legacy: bool = False, overwrite: bool
     finally:
         shutil.rmtree(raw)
     ds = data_load.load_dataset(out)
-    record["test_recall@10"] = reference_recalls(p, world, vids, names, ds)
+    if references:
+        record["test_recall@10"] = reference_recalls(p, world, vids, names, ds)
     data_load.write_json_atomic(out / "meta.json", {**ds.meta, "generator": record})
     if legacy:
         data_load.write_legacy(out, out / "legacy", overwrite=True)
@@ -479,17 +508,36 @@ def main(argv=None) -> int:
                     "structure (see the module docstring), split by data_load.prepare (SPEC §2.3).")
     parser.add_argument("--preset", default="small", choices=sorted(PRESETS),
                         help="sizes: tiny (tests), small (demo), instagram / yfcc (paper scale, SPEC §2.1)")
-    parser.add_argument("--out", default=None, help="output directory (default: data/<preset>)")
+    parser.add_argument("--out", default=None, help="output directory (default: data/<preset>, with -x<scale>, "
+                        "-f<feature dim>, -n<negatives> when those change)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the generator and of the split")
     parser.add_argument("--format", choices=("project", "legacy"), default="project",
                         help="legacy: also write the released pickled layout (SPEC §2.2) into OUT/legacy")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    parser.add_argument("--scale", type=float, default=1.0,
+                        help="multiply the preset's users, hashtags, videos and topics by this factor")
+    parser.add_argument("--feature_dims", default="", metavar="VIS,AC,TXT",
+                        help="feature dimensions of the three modalities instead of the preset's")
+    parser.add_argument("--num_neg", type=int, default=0, help="negatives per val/test line instead of the preset's")
+    parser.add_argument("--no_references", action="store_true",
+                        help="skip the reference rankers' recalls in meta.json (for large scales)")
     args = parser.parse_args(argv)
     start = time.perf_counter()
     try:
-        out = build(args.preset, args.out or Path("data") / args.preset, seed=args.seed,
-                    legacy=args.format == "legacy", overwrite=args.overwrite)
-    except data_load.DataError as err:
+        dims = tuple(int(d) for d in args.feature_dims.split(",")) if args.feature_dims else None
+        if dims is not None and (len(dims) != 3 or min(dims) < 1):
+            raise ValueError
+    except ValueError:
+        print(f"error: --feature_dims: expected three positive integers VIS,AC,TXT, got {args.feature_dims!r}",
+              file=sys.stderr)
+        return 2
+    name = args.preset + (f"-x{args.scale:g}" if args.scale != 1 else "") + (f"-f{sum(dims)}" if dims else "") \
+        + (f"-n{args.num_neg}" if args.num_neg else "")
+    try:
+        out = build(args.preset, args.out or Path("data") / name, seed=args.seed, legacy=args.format == "legacy",
+                    overwrite=args.overwrite, scale=args.scale, feature_dims=dims, num_neg=args.num_neg or None,
+                    references=not args.no_references)
+    except ValueError as err:                       # DataError, or a Preset that the scale made impossible
         print(f"error: {err}", file=sys.stderr)
         return 2
     ds = data_load.load_dataset(out)

@@ -177,7 +177,7 @@ class PairSampler(nn.Module):
         buffer = getattr(self, "_rows_buffer", None)
         if buffer is None or buffer.size(0) < need[0] or buffer.size(1) != need[1] or buffer.dtype != features.dtype \
                 or buffer.device != features.device:
-            buffer = features.new_empty(max(need[0], int(1.25 * need[0])), need[1])
+            buffer = features.new_empty(int(1.1 * need[0]) + 1, need[1])  # room for the next steps' sizes
             self._rows_buffer = buffer
         return torch.index_select(features, 0, rows, out=buffer[: need[0]])
 

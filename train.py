@@ -16,6 +16,10 @@ renamed), so a run killed at any moment leaves each file either complete or as i
 ``python train.py --resume RUN_DIR`` continues it from its last finished epoch, with the same result as a
 run that was never interrupted (same device and thread count).
 
+Data-parallel training (``ddp.py``): ``torchrun --nproc_per_node=N train.py …`` trains on N processes (one
+GPU each with NCCL, or CPU processes with gloo), each taking its share of every global batch of
+``--batch_size`` rows; rank 0 evaluates and writes the run directory.
+
 Shape legend: R training rows, B batch, H hashtags, V videos, d latent dim.
 """
 

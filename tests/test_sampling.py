@@ -19,16 +19,21 @@ def _max_degree(graph) -> int:
     return max(int(graph.user_ptr.diff().max()), int(graph.tag_ptr.diff().max()))
 
 
-@pytest.mark.parametrize("aggr, hide_own", [("mean", "none"), ("max", "videos"), ("add", "rows")])
-def test_sampling_every_pair_gives_the_full_graph_loss_and_gradients(tiny, aggr, hide_own):
+@pytest.mark.parametrize("aggr, hide_own, per_row", [("mean", "none", 1), ("max", "videos", 1), ("add", "rows", 1),
+                                                      ("mean", "none", 3)])
+def test_sampling_every_pair_gives_the_full_graph_loss_and_gradients(tiny, aggr, hide_own, per_row):
     # K at least the largest degree: every destination keeps all its pairs, so the batch's loss and every
     # gradient are those of full-graph propagation (the 'outputs' restriction of the last layer included)
     torch.manual_seed(0)
-    cfg = dict(dim_latent=16, aggr_mode=aggr, hide_own=hide_own)
+    cfg = dict(dim_latent=16, aggr_mode=aggr, hide_own=hide_own, neg_per_row=per_row)
     full = train.build_model(Config(**cfg), tiny)
     sampled = train.build_model(Config(**cfg, num_neigh=_max_degree(tiny.graph)), tiny)
     sampled.load_state_dict(full.state_dict())
     batch = training_batch(tiny, n=96)
+    if per_row > 1:                                        # [B, K] negatives (--neg_per_row)
+        neg = train.NegativeSampler(tiny.train, tiny.num_hashtag, 0.0, torch.Generator().manual_seed(1),
+                                    per_row=per_row).sample()
+        batch = (*batch[:3], neg[batch[4]], batch[4])
     loss_full, loss_sampled = full.loss(*batch), sampled.loss(*batch)
     loss_full.backward()
     loss_sampled.backward()
