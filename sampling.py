@@ -23,10 +23,10 @@ hashtag, a pair kept by a hashtag to that hashtag and to a neighbour copy of its
 destination's segment holds exactly its own kept pairs even when the same pair is also kept from the
 other side, and ``PHRConv`` (called with the destinations as ``outputs``) runs on the block unchanged.
 
-torch-geometric's neighbour loaders are not used: they need the compiled ``pyg-lib`` or
-``torch-sparse`` (this project needs neither) and sample one edge type per hop, not the per-side pair
-budget of this graph. Everything is vectorised: the only Python loops run over layers and over the K
-draw positions of Floyd's sampling algorithm, never over nodes or pairs.
+torch-geometric's neighbour loaders (``NeighborLoader``, ``HGTLoader``) are not used: their sampling
+runs in the compiled ``pyg-lib`` or ``torch-sparse``, which this project does without. Everything here is
+vectorised torch: the only Python loops run over the layers and over the K draw positions of Floyd's
+sampling algorithm, never over nodes or pairs.
 
 Shape legend: U, H users and hashtags of the full graph, P pairs, E pair–video edges, N destination
 nodes of one side, S kept pairs of one side, P_b / E_b / V_s pairs, edges and videos of a block or step,
@@ -215,6 +215,9 @@ class PairSampler(nn.Module):
         return torch.repeat_interleave(self.pv_ptr[pairs], count, output_size=total) + _offsets_within(count)
 
     def sample(self, users: Tensor, tags: Tensor, num_layers: int, videos: Tensor | None = None) -> SampledSubgraph:
+        """The ``num_layers`` blocks of a mini-batch whose outputs are ``users`` [B] and ``tags`` [T] (repeats
+        allowed), drawn from the output layer inward (module docstring); ``videos`` [B'] (optional) are videos
+        the step needs besides the blocks' (the batch's own), included in ``video_rows``."""
         dst_user, dst_tag = torch.unique(users), torch.unique(tags)  # outputs of layer L
         out_user, out_tag = dst_user, dst_tag
         layers = []  # from layer L inward
