@@ -96,3 +96,19 @@ def run_many(commands: dict, timeout: float = 300) -> dict:
         futures = {name: pool.submit(subprocess.run, argv, cwd=root, capture_output=True, text=True, timeout=timeout)
                    for name, argv in commands.items()}
         return {name: future.result() for name, future in futures.items()}
+
+
+def interrupt_at_epoch(monkeypatch, epoch: int) -> None:
+    """Make ``train.run`` raise KeyboardInterrupt (as Ctrl-C would) when epoch ``epoch`` starts, after
+    ``epoch − 1`` epochs finished; ``monkeypatch.undo()`` lifts it."""
+    import train
+
+    sample, calls = train.NegativeSampler.sample, []
+
+    def interrupted(self):
+        calls.append(1)
+        if len(calls) == epoch:
+            raise KeyboardInterrupt
+        return sample(self)
+
+    monkeypatch.setattr(train.NegativeSampler, "sample", interrupted)

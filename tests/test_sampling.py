@@ -6,7 +6,7 @@ from collections import Counter
 
 import pytest
 import torch
-from conftest import training_batch
+from conftest import interrupt_at_epoch, training_batch
 
 import train
 from model import Config
@@ -129,15 +129,7 @@ def test_a_few_epochs_of_sampled_training_rank_better_than_random(tiny_dir, tmp_
 def test_an_interrupted_sampled_run_resumes_to_the_same_result(tiny_dir, tmp_path, monkeypatch):
     kw = dict(num_neigh=2, num_epoch=5, patience=0, batch_size=256)
     reference = _run(tiny_dir, tmp_path / "ref", **kw)
-    sample, calls = train.NegativeSampler.sample, []
-
-    def interrupted_at_epoch_3(self):
-        calls.append(1)
-        if len(calls) == 3:
-            raise KeyboardInterrupt
-        return sample(self)
-
-    monkeypatch.setattr(train.NegativeSampler, "sample", interrupted_at_epoch_3)
+    interrupt_at_epoch(monkeypatch, 3)
     cfg = Config(data_path=str(tiny_dir), dim_latent=16, num_workers=1, **kw)
     with pytest.raises(KeyboardInterrupt):
         train.run(cfg, tmp_path / "run", CPU, progress=False, log=lambda *a: None)

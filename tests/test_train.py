@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import run_many, training_batch
+from conftest import interrupt_at_epoch, run_many, training_batch
 
 import evaluation
 import train
@@ -211,15 +211,7 @@ def test_last_checkpoint_holds_the_whole_state_as_plain_data(tiny_dir, tmp_path)
 
 def test_an_interrupted_run_resumes_to_exactly_the_same_metrics(tiny_dir, tmp_path, monkeypatch, reference):
     cfg, out = Config(data_path=str(tiny_dir), **RESUME), tmp_path / "run"
-    sample, calls = train.NegativeSampler.sample, []
-
-    def interrupted_at_epoch_4(self):
-        calls.append(1)
-        if len(calls) == 4:
-            raise KeyboardInterrupt
-        return sample(self)
-
-    monkeypatch.setattr(train.NegativeSampler, "sample", interrupted_at_epoch_4)
+    interrupt_at_epoch(monkeypatch, 4)
     with pytest.raises(KeyboardInterrupt):
         _quiet(cfg, out)
     monkeypatch.undo()
