@@ -80,7 +80,7 @@ class Config:
     graph: str = _opt("pairs", "GCN-PHR's graph: pairs = the user–hashtag pair graph; homogeneous = one "
                       "plain GCN over all user–video, hashtag–video and user–hashtag edges",
                       choices=("pairs", "homogeneous"))
-    # ---- learning knobs; defaults are the faithful values (README: 'What makes it learn') ----
+    # ---- learning knobs; defaults are the faithful values (README: 'Does it learn?') ----
     neg_pop_share: float = _opt(0.0, "share of training negatives drawn in proportion to hashtag popularity; "
                                 "the rest are uniform over training hashtags (0 = the paper's uniform draw)")
     hide_own: str = _opt("none", "what a training batch hides from its own message passing: none (the "
