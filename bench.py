@@ -361,6 +361,15 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def publish(text: str, report: dict, out: str | None) -> int:
+    """Print a benchmark's table and, with ``out``, write its JSON report atomically; the exit status."""
+    print(text)
+    if out:
+        write_json_atomic(out, report)
+        print(f"\nwritten: {out}")
+    return 0
+
+
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     device = torch.device(args.device)
@@ -410,11 +419,7 @@ def main(argv=None) -> int:
                      "threads": torch.get_num_threads(), "cpu_count": os.cpu_count(), "amp": args.amp,
                      "loadavg_start": loadavg_start, "loadavg_end": os.getloadavg()[0]}
     report["targets"] = targets(report)
-    print(format_report(report))
-    if args.out:
-        write_json_atomic(args.out, report)
-        print(f"\nwritten: {args.out}")
-    return 0
+    return publish(format_report(report), report, args.out)
 
 
 if __name__ == "__main__":

@@ -42,7 +42,7 @@ import torch
 
 import bench
 import make_data
-from data_load import load_dataset, write_json_atomic
+from data_load import load_dataset
 from model import Config
 
 PAPER_FEATURE_DIM = 2276
@@ -253,11 +253,7 @@ def main(argv=None) -> int:
             done = "projected" if row.get("projected") else f"step {row['step_s']['median']:.3f} s"
             print(f"{label:>14}  K={k:<3} {done}  peak {row['peak_rss_bytes'] / GIB:.2f} GiB", flush=True)
     print()
-    print(format_table(report))
-    if args.out:
-        write_json_atomic(args.out, report)
-        print(f"\nwritten: {args.out}")
-    return 0
+    return bench.publish(format_table(report), report, args.out)
 
 
 if __name__ == "__main__":
