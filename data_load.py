@@ -963,6 +963,16 @@ def describe(ds: Dataset) -> str:
     return "\n".join(lines)
 
 
+def exit_status(command) -> int:
+    """Run a command line's ``command()``: 0, or 2 with its :class:`DataError` as one line on stderr."""
+    try:
+        command()
+    except DataError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description="GCN-PHR data tools (SPEC §2).")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -984,7 +994,8 @@ def main(argv=None) -> int:
     p.add_argument("dir")
     p.add_argument("--allow_pickle", action="store_true", help="allow reading a legacy dataset")
     args = parser.parse_args(argv)
-    try:
+
+    def command() -> None:
         if args.command == "convert":
             out = convert(args.legacy_dir, args.out_dir, args.allow_pickle, args.overwrite)
             print(describe(load_dataset(out)))
@@ -994,10 +1005,8 @@ def main(argv=None) -> int:
             print(describe(load_dataset(out)))
         else:
             print(describe(load_dataset(args.dir, args.allow_pickle)))
-    except DataError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    return 0
+
+    return exit_status(command)
 
 
 if __name__ == "__main__":

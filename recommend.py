@@ -49,7 +49,7 @@ from tqdm import tqdm
 
 import train
 from baselines import Popularity
-from data_load import DataError, Dataset, load_dataset
+from data_load import DataError, Dataset, exit_status, load_dataset
 from model import AllScoreFn, Config, Ranker, ScoreFn
 
 SCORE_CELLS = 2 ** 20
@@ -524,12 +524,7 @@ def run(args: argparse.Namespace) -> None:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        run(args)
-    except DataError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    return 0
+    return exit_status(lambda: run(args))
 
 
 if __name__ == "__main__":

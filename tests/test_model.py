@@ -79,9 +79,11 @@ def test_evaluation_scores_equal_training_scores(mode):
     assert (mode == "cat") == (scorer.v2 is not None)
 
 
-def test_scorer_matches_loss_path(tiny):
+@pytest.mark.parametrize("graph", ["pairs", "homogeneous"])
+def test_scorer_matches_loss_path(tiny, graph):
+    # evaluation's scorer gives the training path's scores, for GCN-PHR and its homogeneous-graph ablation
     torch.manual_seed(0)
-    model = train.build_model(_cfg(), tiny).eval()
+    model = train.build_model(_cfg(graph=graph), tiny).eval()
     users, videos, pos, _, _ = _batch(tiny, n=8)
     with torch.no_grad():
         reps = model.propagate()
