@@ -83,6 +83,10 @@ class Config:
     # ---- learning knobs; defaults are the faithful values (README: 'Does it learn?') ----
     neg_pop_share: float = _opt(0.0, "share of training negatives drawn in proportion to hashtag popularity; "
                                 "the rest are uniform over training hashtags (0 = the paper's uniform draw)")
+    neg_user_share: float = _opt(0.0, "share of training negatives drawn from the hashtags the row's user used in "
+                                 "training (uniform over her distinct hashtags; never those of the row's video): they "
+                                 "ask the model which of her own hashtags fit this video, which only the video can "
+                                 "answer (0 = the paper's draw)")
     hide_own: str = _opt("none", "what a training batch hides from its own message passing: none (the "
                          "release), rows (the batch's rows), videos (every edge of the batch's videos, so a "
                          "training video is as new to the graph as a test video)",
@@ -123,9 +127,9 @@ class Config:
             if getattr(self, name) <= 0:
                 raise ValueError(f"--{name}: expected a positive value, got {getattr(self, name)}")
         if self.weight_decay < 0 or self.patience < 0 or not 0 <= self.dropout < 1 \
-                or not 0 <= self.neg_pop_share <= 1:
-            raise ValueError("--weight_decay and --patience must be ≥ 0, --dropout in [0, 1) and "
-                             "--neg_pop_share in [0, 1]")
+                or not 0 <= self.neg_pop_share <= 1 or not 0 <= self.neg_user_share <= 1:
+            raise ValueError("--weight_decay and --patience must be ≥ 0, --dropout in [0, 1), "
+                             "--neg_pop_share and --neg_user_share in [0, 1]")
         ablated = [f"--{f.name} {getattr(self, f.name)}" for f in fields(self)
                    if f.name in ("attention", "messages", "graph") and getattr(self, f.name) != f.default]
         if ablated and self.model_name != "gcn_phr":

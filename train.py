@@ -141,36 +141,62 @@ def build_model(cfg: Config, ds: Dataset, features: Tensor | None = None) -> Ran
 class NegativeSampler:
     """One negative hashtag per training row (SPEC §3; K with ``per_row``), redrawn each call, vectorised.
 
-    Drawn from the hashtags seen in training, a share ``pop_share`` of them in proportion to popularity
-    and the rest uniformly (``pop_share = 0`` is the paper's uniform draw), excluding the hashtags of the
-    row's own video (rejection, redrawing only the rejected entries).
+    Each negative is, with probability ``user_share``, one of the hashtags the row's user used in training
+    (uniform over her distinct hashtags), and otherwise drawn from the hashtags seen in training, a share
+    ``pop_share`` of those in proportion to popularity and the rest uniformly. ``user_share = pop_share = 0``
+    is the paper's uniform draw. The hashtags of the row's own video are excluded (rejection, redrawing only
+    the rejected entries; a user draw that keeps clashing, as for a user who put every hashtag of hers on this
+    video, falls back to the global draw).
     """
 
     def __init__(self, train: Tensor, num_hashtag: int, pop_share: float, generator: torch.Generator,
-                 per_row: int = 1):
+                 per_row: int = 1, user_share: float = 0.0):
         count = torch.bincount(train[:, 2], minlength=num_hashtag).double()       # [H]
         seen = (count > 0).double()
         self.prob = (1 - pop_share) * seen / seen.sum() + pop_share * count / count.sum()   # [H]
         self.num_hashtag = num_hashtag
-        self.videos = train[:, 1]
+        self.users, self.videos = train[:, 0], train[:, 1]
         self.own = torch.unique(train[:, 1] * num_hashtag + train[:, 2])         # sorted (video, tag) keys
+        pairs = torch.unique(train[:, 0] * num_hashtag + train[:, 2])            # sorted (user, tag) keys
+        self.user_tags = pairs % num_hashtag                                      # [P] CSR by user
+        degree = torch.bincount(pairs // num_hashtag, minlength=int(train[:, 0].max()) + 1 if len(train) else 0)
+        self.user_ptr = torch.cat([degree.new_zeros(1), degree.cumsum(0)])       # [U+1]
         self.gen = generator
         self.per_row = per_row
+        self.user_share = user_share
 
     def _draw(self, n: int) -> Tensor:
         return torch.multinomial(self.prob, n, replacement=True, generator=self.gen)
 
+    def _draw_own(self, users: Tensor) -> Tensor:
+        """One of each user's distinct training hashtags, uniformly. ``[n] -> [n]``"""
+        lo, hi = self.user_ptr[users], self.user_ptr[users + 1]
+        pick = (torch.rand(users.numel(), generator=self.gen, dtype=torch.float64) * (hi - lo)).long()
+        return self.user_tags[lo + torch.minimum(pick, hi - lo - 1)]
+
     def sample(self) -> Tensor:
         """``[R]`` one negative per row, or ``[R, K]`` with ``per_row`` K > 1."""
-        videos = self.videos if self.per_row == 1 else self.videos.repeat_interleave(self.per_row)  # [R·K]
+        k = self.per_row
+        videos = self.videos if k == 1 else self.videos.repeat_interleave(k)      # [R·K]
+        users = self.users if k == 1 else self.users.repeat_interleave(k)         # [R·K]
         neg = self._draw(videos.numel())                                          # [R·K]
+        own = torch.zeros(neg.numel(), dtype=torch.bool)                          # [R·K] a user draw?
+        if self.user_share > 0:
+            own = torch.rand(neg.numel(), generator=self.gen) < self.user_share
+            neg[own] = self._draw_own(users[own])
         todo = torch.arange(neg.numel())
-        for _ in range(100):
+        for attempt in range(100):
             clash = torch.isin(videos[todo] * self.num_hashtag + neg[todo], self.own)
             todo = todo[clash]
             if todo.numel() == 0:
-                return neg if self.per_row == 1 else neg.view(-1, self.per_row)
-            neg[todo] = self._draw(todo.numel())
+                return neg if k == 1 else neg.view(-1, k)
+            if attempt >= 10:                                                     # give up on the user's own
+                own[todo] = False
+            again = own[todo]
+            if not again.all():
+                neg[todo[~again]] = self._draw(int((~again).sum()))
+            if again.any():
+                neg[todo[again]] = self._draw_own(users[todo[again]])
         raise RuntimeError("could not draw negatives: a training video carries nearly every hashtag")
 
 
@@ -270,7 +296,8 @@ def run(cfg: Config, out: Path, device: torch.device, allow_pickle: bool = False
 
     last_epoch = cfg.num_epoch if model.trainable and not finished else 0
     if last_epoch:
-        sampler = NegativeSampler(ds.train, ds.num_hashtag, cfg.neg_pop_share, gen, cfg.neg_per_row)
+        sampler = NegativeSampler(ds.train, ds.num_hashtag, cfg.neg_pop_share, gen, cfg.neg_per_row,
+                                  cfg.neg_user_share)
         train_rows = ds.train.to(device)
         batch_loss = model.loss if dist is None else ddp.wrap(model, device)   # (users, videos, pos, neg, rows)
     for epoch in range(first, last_epoch + 1):

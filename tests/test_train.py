@@ -156,6 +156,27 @@ def test_popularity_share_shifts_negatives_to_popular_hashtags(tiny):
     assert mean_pop[1.0] > 1.2 * mean_pop[0.5] > 1.44 * mean_pop[0.0]
 
 
+def test_user_share_draws_the_users_own_hashtags_but_never_the_videos(tiny):
+    users, videos = tiny.train[:, 0].tolist(), tiny.train[:, 1].tolist()
+    used = {}                                                                  # user -> her training hashtags
+    for u, h in zip(users, tiny.train[:, 2].tolist()):
+        used.setdefault(u, set()).add(h)
+    own = set(map(tuple, tiny.train[:, 1:].tolist()))
+    mine = {}
+    for share in (0.0, 0.5, 1.0):
+        neg = train.NegativeSampler(tiny.train, tiny.num_hashtag, 0.0, torch.Generator().manual_seed(0),
+                                    per_row=3, user_share=share).sample()      # [R, 3]
+        rows = [(u, v, h) for u, v, hs in zip(users, videos, neg.tolist()) for h in hs]
+        assert not any((v, h) in own for _, v, h in rows)
+        mine[share] = sum(h in used[u] for u, _, h in rows) / len(rows)
+    # a user draw can only fall back to the global draw when the video carries all her hashtags
+    single = sum(len(used[u] - {h for (v2, h) in own if v2 == v}) == 0 for u, v in zip(users, videos))
+    assert mine[1.0] >= 1 - single / len(users) - 1e-9
+    assert mine[0.0] < 0.2 < mine[0.5] < mine[1.0]
+    with pytest.raises(ValueError, match="neg_user_share"):
+        Config(neg_user_share=1.5).validate()
+
+
 def test_no_cuda_picks_the_cpu():
     assert train.pick_device("auto", no_cuda=True) == torch.device("cpu")
     assert train.pick_device("cpu", no_cuda=False) == torch.device("cpu")
