@@ -51,7 +51,16 @@ generating parameters:
   (user u weighted by her expected number of draws from block t, ``n_u × her weight of t``);
 - ``user_only``: ``log P(h | u) = log [(1 − σ) Σ_t θ_{u,t} P(h | u, t) + σ P(h | u, generic)]``;
 - ``userpop`` (empirical, for reference): the user's hashtag counts in the training split, global
-  training counts breaking ties.
+  training counts breaking ties;
+- ``topic_counts`` (empirical, told the topics): what counting the training split can do for a ranker that
+  understands the content perfectly. Every training row counts for the (user, topic, hashtag) triples of
+  its video's topics, weighted by the video's true mixture β; a line scores
+  ``Σ_t β_{v,t} [n(u, t, h) + n(t, h) / n(t)] + [h generic] n(u, h)`` (the user's own counts in the
+  video's topics, the topics' hashtag shares, the user's own counts of content-free hashtags; global
+  counts break ties). The oracle knows what the split never shows: the personal hashtags a user has not
+  used yet, and her exact habits. A model trained on the split sees only what the split shows, so
+  ``topic_counts`` is the nearer yardstick of what a content-aware model can reach (not a bound: a
+  model may smooth better than counts do).
 
 Calibration. A ranker misses a positive when about ten of the line's N negatives, drawn from all H
 hashtags, score above it, i.e. when some 10·H/N hashtags are more likely. About N / T negatives fall
@@ -61,22 +70,25 @@ each suffice; at ``instagram``/``yfcc`` (H/N ≈ 12 and 23) users follow four to
 personal vocabulary of S ≈ 3.6 H/N hashtags. The signature tags make the user's own history
 predictive, as people reuse their hashtags on real data. Seed 0 gives (test Recall@10):
 
-    preset       oracle  content_only  user_only  userpop
-    tiny         0.971   0.718         0.838      0.832
-    small        0.943   0.523         0.816      0.698
-    instagram    0.971   0.628         0.856      0.678
-    yfcc         0.977   0.643         0.876      0.673
+    preset       oracle  content_only  user_only  userpop  topic_counts
+    tiny         0.971   0.718         0.838      0.832    0.873
+    small        0.943   0.523         0.816      0.698    0.788
+    instagram    0.971   0.628         0.856      0.678    0.827
+    yfcc         0.977   0.643         0.876      0.673    0.830
 
 Usage::
 
     python make_data.py --preset small --out data/small --seed 0 [--format legacy]
     python make_data.py --preset yfcc --scale 4 --feature_dims 256,16,12 --num_neg 100 --no_references
+    python make_data.py --preset small --noise_scale 0      # data/small-noise0: the same data, noiseless features
 
 ``--scale S`` multiplies the preset's users, hashtags, videos and topics by S (:func:`scaled`): every
 topic keeps the preset's number of hashtags and every user the preset's habits, so the graph grows
 by S with the same local structure (and the generator's cost, linear in S); ``--feature_dims`` and
-``--num_neg`` replace the feature dimensions and the negatives per val/test line. The presets
-themselves never change.
+``--num_neg`` replace the feature dimensions and the negatives per val/test line; ``--noise_scale`` multiplies
+the feature noises σ_m and τ, every other draw staying the same (0: the same users, videos, hashtags and
+split, with noiseless features, to measure what the feature noise costs a model). The presets themselves
+never change.
 
 The raw ``posts.tsv`` and ``<modality>.npy`` files are written to a temporary folder beside OUT and
 removed once ``prepare`` has written the project format into OUT; ``--format legacy`` also writes the
@@ -104,6 +116,7 @@ MIN_VIDEOS = 5  # videos per user, at least
 MAX_TAGS = 5  # k_v = 1 + Binomial(4, 0.45) is at most 5 before unused hashtags are appended
 CHUNK = 1024  # videos or users per vectorised chunk (bounds memory at the yfcc scale)
 FEATURE_CHUNK = 8192  # feature rows generated and written at once
+REFERENCES = ("oracle", "content_only", "user_only", "userpop", "topic_counts")  # reference rankers in meta.json
 
 
 @dataclass(frozen=True)
@@ -430,8 +443,30 @@ def reference_scorers(p: Preset, w: World, vids: Videos, gen_ids: dict, ds) -> d
         n = _pair_lookup(pair, count, users.numpy()[:, None] * ds.num_hashtag + cand.numpy())  # [B, C]
         return torch.from_numpy(n + tie_break[cand.numpy()])
 
+    # topic_counts: training rows counted per (user, hashtag) pair and topic, weighted by the video's β
+    beta = video_mix[gen_ids["video"], :T] / (1 - sig)  # [V, T] β of every local video
+    row_pair = np.searchsorted(pair, train[:, 0] * ds.num_hashtag + train[:, 2])  # [R] row -> pair
+    pair_topic = np.zeros((len(pair), T))  # [P, T] n(u, t, h)
+    np.add.at(pair_topic, row_pair, beta[train[:, 1]])
+    topic_tag = np.zeros((T, ds.num_hashtag))  # [T, H] n(t, h)
+    np.add.at(topic_tag.T, train[:, 2], beta[train[:, 1]])
+    topic_tag /= np.maximum(topic_tag.sum(axis=1, keepdims=True), 1e-12)
+    generic = w.tag_topic[gen_ids["hashtag"]] == T  # [H]
+
+    def topic_counts(users, videos, cand):
+        key = users.numpy()[:, None] * ds.num_hashtag + cand.numpy()  # [B, C]
+        at = np.minimum(np.searchsorted(pair, key), len(pair) - 1)
+        found = pair[at] == key  # [B, C] pairs of the training split
+        b = beta[videos.numpy()]  # [B, T]
+        own = np.zeros(key.shape)
+        own[found] = (pair_topic[at[found]] * np.broadcast_to(b[:, None], (*key.shape, T))[found]).sum(-1)
+        c = cand.numpy()
+        shares = np.take_along_axis(b @ topic_tag, c, axis=1)  # [B, C]
+        mine = np.where(found & generic[c], count[at], 0.0)
+        return torch.from_numpy(own + shares + mine + 1e-6 * tie_break[c])
+
     return {**{kind: generator_score(kind) for kind in ("oracle", "content_only", "user_only")},
-            "userpop": userpop}
+            "userpop": userpop, "topic_counts": topic_counts}
 
 
 def reference_recalls(p: Preset, w: World, vids: Videos, names: dict, ds) -> dict:
@@ -447,16 +482,23 @@ def reference_recalls(p: Preset, w: World, vids: Videos, names: dict, ds) -> dic
 
 def build(preset: str, out, seed: int = 0, legacy: bool = False, overwrite: bool = False, scale: float = 1.0,
           feature_dims: tuple[int, int, int] | None = None, num_neg: int | None = None,
-          references: bool = True) -> Path:
+          references: bool = True, noise_scale: float = 1.0) -> Path:
     """Generate preset ``preset`` with ``seed`` into the project-format directory ``out``.
 
     Writes the raw files to a temporary folder beside ``out``, runs ``data_load.prepare`` on them (same
     seed), then records the generator's parameters and reference recalls in ``meta.json``. With
     ``legacy`` also writes the released layout into ``out/legacy``. ``scale``, ``feature_dims`` and
     ``num_neg`` change the preset's sizes (:func:`scaled`); ``references=False`` skips the reference
-    recalls (their ``[V, T]`` topic matrices are the generator's largest at a large scale). Returns ``out``.
+    recalls (their ``[V, T]`` topic matrices are the generator's largest at a large scale). ``noise_scale``
+    multiplies the feature noises σ_m and τ (0: noiseless features, the topic mixture itself seen through each
+    modality's projection); every other draw, hence the users, videos, hashtags and split, stays the same.
+    Returns ``out``.
     """
-    p, out = scaled(PRESETS[preset], scale, feature_dims, num_neg), Path(out)
+    if noise_scale < 0:
+        raise ValueError(f"noise_scale: expected a value >= 0, got {noise_scale}")
+    sizes, out = scaled(PRESETS[preset], scale, feature_dims, num_neg), Path(out)
+    p = dataclasses.replace(sizes, noise=tuple(noise_scale * n for n in sizes.noise),
+                            feature_noise=noise_scale * sizes.feature_noise)
     if out.exists() and not overwrite:
         raise data_load.DataError(f"{out}: expected a new output directory, got an existing one "
                                   "(pass --overwrite to replace it)")
@@ -466,8 +508,10 @@ def build(preset: str, out, seed: int = 0, legacy: bool = False, overwrite: bool
     out.parent.mkdir(parents=True, exist_ok=True)
     raw = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.raw-"))
     record = {"preset": preset, "seed": seed, "params": dataclasses.asdict(p)}
-    if p != PRESETS[preset]:
+    if sizes != PRESETS[preset]:
         record["scale"] = scale
+    if noise_scale != 1:
+        record["noise_scale"] = noise_scale
     try:
         names = write_raw(p, world, vids, raw, rng)
         data_load.prepare(raw / "posts.tsv", [raw / f"{m}.npy" for m in MODALITIES], out, seed=seed,
@@ -497,7 +541,7 @@ def ensure(preset: str, root="data", seed: int = 0) -> Path:
                                       "'generator' record), got none; not replacing it")
         wanted = json.loads(json.dumps(dataclasses.asdict(PRESETS[preset])))
         if (gen.get("preset"), gen.get("seed"), gen.get("params")) == (preset, seed, wanted) \
-                and "test_recall@10" in gen:
+                and set(gen.get("test_recall@10", ())) == set(REFERENCES):
             return out
     return build(preset, out, seed=seed, overwrite=True)
 
@@ -519,6 +563,8 @@ def main(argv=None) -> int:
     parser.add_argument("--feature_dims", default="", metavar="VIS,AC,TXT",
                         help="feature dimensions of the three modalities instead of the preset's")
     parser.add_argument("--num_neg", type=int, default=0, help="negatives per val/test line instead of the preset's")
+    parser.add_argument("--noise_scale", type=float, default=1.0,
+                        help="multiply the feature noises (0: noiseless features; the data are otherwise the same)")
     parser.add_argument("--no_references", action="store_true",
                         help="skip the reference rankers' recalls in meta.json (for large scales)")
     args = parser.parse_args(argv)
@@ -532,11 +578,12 @@ def main(argv=None) -> int:
               file=sys.stderr)
         return 2
     name = args.preset + (f"-x{args.scale:g}" if args.scale != 1 else "") + (f"-f{sum(dims)}" if dims else "") \
-        + (f"-n{args.num_neg}" if args.num_neg else "")
+        + (f"-n{args.num_neg}" if args.num_neg else "") \
+        + (f"-noise{args.noise_scale:g}" if args.noise_scale != 1 else "")
     try:
         out = build(args.preset, args.out or Path("data") / name, seed=args.seed, legacy=args.format == "legacy",
                     overwrite=args.overwrite, scale=args.scale, feature_dims=dims, num_neg=args.num_neg or None,
-                    references=not args.no_references)
+                    references=not args.no_references, noise_scale=args.noise_scale)
     except ValueError as err:                       # DataError, or a Preset that the scale made impossible
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -57,7 +57,7 @@ def test_meta_records_preset_counts_and_generator(tiny_build):
     gen = meta["generator"]
     assert (gen["preset"], gen["seed"], meta["seed"]) == ("tiny", 0, 0)
     assert gen["params"] == json.loads(json.dumps(dataclasses.asdict(TINY)))
-    assert set(gen["test_recall@10"]) == {"oracle", "content_only", "user_only", "userpop"}
+    assert set(gen["test_recall@10"]) == set(make_data.REFERENCES)
 
 
 def test_dataset_structure(tiny_build):
@@ -135,6 +135,73 @@ def test_reference_recalls_match_a_direct_computation(tiny_build):
         hits.append(np.mean(np.array(above) < 10))
     stored = json.loads((out / "meta.json").read_text())["generator"]["test_recall@10"]["oracle"]
     assert stored == pytest.approx(np.mean(hits), abs=1e-3)
+
+
+def test_topic_counts_match_a_direct_computation(tiny_build):
+    """The stored topic_counts figure is the Recall@10 of the counting rule of the docstring, written as loops."""
+    out, _ = tiny_build
+    ds = data_load.load_dataset(out)
+    rng = np.random.default_rng(0)
+    world = make_data.sample_world(TINY, rng)
+    vids = make_data.sample_videos(TINY, world, rng)
+    video = np.array([int(n[1:]) for n in ds.video_names])
+    topic = {i: world.tag_topic[j] for i, j in enumerate(
+        {n: k for k, n in enumerate(make_data.tag_names(world))}[n] for n in ds.hashtag_names)}
+    T = TINY.num_topic
+
+    def beta(v):  # {topic: weight} of a local video
+        g = video[v]
+        return {int(t): float(b) for t, b in zip(vids.topics[g], vids.mix[g]) if t >= 0}
+
+    user_topic_tag, topic_tag, user_tag, uses = {}, {}, {}, {}
+    for u, v, h in ds.train.tolist():
+        user_tag[u, h] = user_tag.get((u, h), 0) + 1
+        uses[h] = uses.get(h, 0) + 1
+        for t, b in beta(v).items():
+            user_topic_tag[u, t, h] = user_topic_tag.get((u, t, h), 0.0) + b
+            topic_tag[t, h] = topic_tag.get((t, h), 0.0) + b
+    topic_total = {t: sum(c for (t2, _), c in topic_tag.items() if t2 == t) for t in range(T)}
+    top = max(uses.values()) + 1.0
+    hits = []
+    for line in range(len(ds.test)):
+        u, v = int(ds.test.users[line]), int(ds.test.videos[line])
+        pos = ds.test.pos[ds.test.pos_ptr[line]:ds.test.pos_ptr[line + 1]].tolist()
+        cand = ds.test.negatives[line].tolist() + pos
+        scores = []
+        for h in cand:
+            s = sum(b * (user_topic_tag.get((u, t, h), 0.0) + topic_tag.get((t, h), 0.0) / topic_total[t])
+                    for t, b in beta(v).items())
+            s += user_tag.get((u, h), 0) if topic[h] == T else 0.0
+            scores.append(s + 1e-6 * uses.get(h, 0) / top)
+        scores = np.array(scores)
+        is_pos = np.arange(len(cand)) >= len(cand) - len(pos)
+        above = [(scores[~is_pos] >= s).sum() + (scores[is_pos] > s).sum() for s in scores[is_pos]]
+        hits.append(np.mean(np.array(above) < 10))
+    stored = json.loads((out / "meta.json").read_text())["generator"]["test_recall@10"]
+    assert stored["topic_counts"] == pytest.approx(np.mean(hits), abs=1e-3)
+    assert stored["userpop"] < stored["topic_counts"] < stored["oracle"]
+
+
+def test_noise_scale_zero_keeps_the_data_and_removes_the_feature_noise(tiny_build, tmp_path):
+    clean = make_data.build("tiny", tmp_path / "clean", seed=0, noise_scale=0.0, references=False)
+    for name in ("train.npy", "val.npz", "test.npz", "video_hashtag.npz", "hashtag_list.txt"):
+        assert (clean / name).read_bytes() == (tiny_build[0] / name).read_bytes(), name
+    ds = data_load.load_dataset(clean)
+    rng = np.random.default_rng(0)
+    vids = make_data.sample_videos(TINY, make_data.sample_world(TINY, rng), rng)
+    video = np.array([int(n[1:]) for n in ds.video_names])
+    single = vids.topics[video, 1] < 0                                          # one-topic videos
+    first = vids.topics[video, 0]
+    for block in ds.feature_blocks:                                              # a function of the topic alone
+        rows = np.asarray(block)[single]
+        same = first[single][:, None] == first[single][None, :]
+        np.testing.assert_allclose((rows @ rows.T)[same], 1.0, atol=1e-5)
+    noisy = np.asarray(data_load.load_dataset(tiny_build[0]).feature_blocks[2])[single]
+    assert (noisy @ noisy.T)[first[single][:, None] == first[single][None, :]].mean() < 0.9
+    meta = json.loads((clean / "meta.json").read_text())["generator"]
+    assert meta["noise_scale"] == 0.0 and meta["params"]["noise"] == [0.0, 0.0, 0.0]
+    with pytest.raises(ValueError, match="noise_scale"):
+        make_data.build("tiny", tmp_path / "bad", noise_scale=-1.0)
 
 
 def test_legacy_layout_reads_back_to_the_same_data(tiny_build):
