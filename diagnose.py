@@ -1,0 +1,193 @@
+"""Where a trained ranker wins and loses on a validation or test split, next to ``userpop``.
+
+The README's diagnosis of GCN-PHR ("Does it learn?") rests on these three views of a run:
+
+1. **Hits by kind of positive.** Every positive of every line is *seen* (its user used that hashtag in
+   training) or *new*; on data from ``make_data.py`` it is also *generic* (a content-free ``gen_*`` hashtag)
+   or *topical* (``t<k>_*``). For each kind: how many positives, and the share ranked in the top K of
+   their line (the evaluation's rule: a negative scored at least as high, or another positive scored
+   higher, counts above it). ``userpop`` is scored beside the model.
+2. **What outranks the seen positives the model misses**: per miss, how many negatives above it are
+   seen / new for the user (and generic / topical), and how often the new ones were used in training.
+3. **Does it use the video?** Recall@K again with each line's video replaced by a random training video
+   of the same user, then by a random training video of anyone (seeded). A model that ignores the video
+   scores the same; a content-aware one loses.
+
+Usage::
+
+    python diagnose.py RUN_DIR [--data_path DIR] [--split test] [--k 10] [--seed 0]
+
+Shape legend: B lines, C negatives per line, J the most positives of a line, U users, H hashtags.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+
+import evaluation
+import train
+from baselines import UserPopularity
+from data_load import DataError, Dataset, Split, exit_status
+from recommend import open_run
+
+BATCH = 256  # lines scored at once
+
+
+def kinds(ds: Dataset) -> np.ndarray:
+    """``[H]`` "generic", "topical" (hashtag names of ``make_data.py``) or "" (any other dataset)."""
+    names = ds.hashtag_names
+    synthetic = all(n.startswith("gen_h") or (n.startswith("t") and "_h" in n) for n in names)
+    if not synthetic:
+        return np.full(len(names), "", dtype=object)
+    return np.array(["generic" if n.startswith("gen_h") else "topical" for n in names], dtype=object)
+
+
+def line_scores(split: Split, score, lines: slice, videos: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
+    """Scores of one batch of lines: ``(negatives [B, C], positives [B, J], valid [B, J])``, padded positives
+    masked out. ``videos`` [B] replaces the lines' own videos."""
+    users = split.users[lines]
+    vids = split.videos[lines] if videos is None else videos
+    start, stop = split.pos_ptr[lines.start], split.pos_ptr[lines.stop]
+    counts = split.pos_ptr[lines.start + 1: lines.stop + 1] - split.pos_ptr[lines.start: lines.stop]   # [B]
+    width = int(counts.max())
+    valid = torch.arange(width) < counts[:, None]                                      # [B, J]
+    pos = torch.zeros(len(users), width, dtype=torch.long)
+    pos[valid] = split.pos[start:stop]
+    neg = split.negatives[lines]                                                        # [B, C]
+    s = score(users, vids, torch.cat([neg, pos], dim=1)).double()                      # [B, C + J]
+    return s[:, : neg.size(1)], s[:, neg.size(1):], valid
+
+
+def above(neg_s: Tensor, pos_s: Tensor, valid: Tensor) -> Tensor:
+    """``[B, J]`` candidates ranked above each positive: negatives scored ≥, other positives scored >."""
+    higher = (pos_s.unsqueeze(1) > pos_s.unsqueeze(2)) & valid.unsqueeze(1)           # [B, J, J']: j' above j
+    return (neg_s.unsqueeze(1) >= pos_s.unsqueeze(2)).sum(2) + higher.sum(2)
+
+
+def by_kind(ds: Dataset, split: Split, score, k: int) -> dict:
+    """Hits in the top ``k`` by kind of positive, and what outranks the seen positives that miss."""
+    pairs = set(map(tuple, ds.train[:, [0, 2]].tolist()))
+    kind = kinds(ds)
+    uses = torch.bincount(ds.train[:, 2], minlength=ds.num_hashtag)
+    hits: dict[str, list[int]] = {}
+    intruders: dict[str, int] = {}
+    new_uses: list[int] = []
+    misses = 0
+    for lo in range(0, len(split), BATCH):
+        lines = slice(lo, min(lo + BATCH, len(split)))
+        neg_s, pos_s, valid = line_scores(split, score, lines)
+        rank = above(neg_s, pos_s, valid)
+        start = int(split.pos_ptr[lo])
+        for b, user in enumerate(split.users[lines].tolist()):
+            positives = split.pos[start: start + int(valid[b].sum())].tolist()
+            start += len(positives)
+            for j, h in enumerate(positives):
+                seen = (user, h) in pairs
+                name = " ".join(x for x in (kind[h], "seen" if seen else "new") if x)
+                hit = int(rank[b, j]) < k
+                hits.setdefault(name, []).append(hit)
+                if seen and not hit:
+                    misses += 1
+                    for n in split.negatives[lo + b][neg_s[b] >= pos_s[b, j]].tolist():
+                        n_seen = (user, n) in pairs
+                        key = " ".join(x for x in (kind[n], "seen" if n_seen else "new") if x)
+                        intruders[key] = intruders.get(key, 0) + 1
+                        if not n_seen:
+                            new_uses.append(int(uses[n]))
+    return {"hits": {name: (len(v), float(np.mean(v))) for name, v in sorted(hits.items())},
+            "misses": misses, "intruders": {name: c / max(misses, 1) for name, c in sorted(intruders.items())},
+            "new_intruder_uses": (float(np.mean(new_uses)), float(np.median(new_uses))) if new_uses else None}
+
+
+def swapped_recall(ds: Dataset, split: Split, score, k: int, seed: int) -> dict:
+    """Recall@k with the lines' own videos, a random training video of the same user, and of anyone."""
+    gen = torch.Generator().manual_seed(seed)
+    order = torch.argsort(ds.train[:, 0], stable=True)
+    by_user = ds.train[order, 1]                                                        # train videos by user
+    ptr = torch.cat([torch.zeros(1, dtype=torch.long),
+                     torch.bincount(ds.train[:, 0], minlength=ds.num_user).cumsum(0)])  # [U + 1]
+    users = split.users
+    lo, n = ptr[users], ptr[users + 1] - ptr[users]                                     # [N]
+    if (n == 0).any():
+        raise DataError(f"{ds.path}: expected every line's user to have a training video, got a user without")
+    own = by_user[lo + (torch.rand(len(users), generator=gen, dtype=torch.float64) * n).long()]  # [N]
+    anyone = ds.train[torch.randint(len(ds.train), (len(users),), generator=gen), 1]   # [N]
+    out = {}
+    for name, videos in (("own video", None), ("another video of the user", own), ("anyone's video", anyone)):
+        fn = score if videos is None else _with_videos(score, split, videos)
+        out[name] = evaluation.evaluate(split, fn, ks=(k,), batch_size=BATCH)[f"recall@{k}"]
+    return out
+
+
+def _with_videos(score, split: Split, videos: Tensor):
+    """A scorer that ignores the videos it is given and uses ``videos`` [N] of the split's lines instead.
+    ``evaluation.evaluate`` walks the lines in order, so a running offset finds each batch's lines."""
+    state = {"at": 0}
+
+    def fn(users, _videos, cand):
+        at = state["at"]
+        state["at"] = at + len(users)
+        return score(users, videos[at: at + len(users)], cand)
+    return fn
+
+
+def report(name: str, diag: dict, k: int) -> str:
+    rows = [f"{name}: hits in the top {k} by kind of positive (positives, share)"]
+    rows += [f"  {kind:16s} {n:6d}  {share:.3f}" for kind, (n, share) in diag["hits"].items()]
+    rows.append(f"  seen positives missed: {diag['misses']}; candidates above each, on average: "
+                + ", ".join(f"{kind} {c:.1f}" for kind, c in diag["intruders"].items()))
+    if diag["new_intruder_uses"]:
+        mean, median = diag["new_intruder_uses"]
+        rows.append(f"  training uses of the new ones above: mean {mean:.1f}, median {median:.0f}")
+    return "\n".join(rows)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description="Where a trained ranker wins and loses, next to userpop "
+                                                 "(see the module docstring).")
+    parser.add_argument("run", help="a run directory of train.py (config.json + best.pt) or a checkpoint file")
+    parser.add_argument("--data_path", default=None, help="dataset directory (default: the run's)")
+    parser.add_argument("--split", choices=("val", "test"), default="test")
+    parser.add_argument("--k", type=int, default=10, help="cut-off K")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the random replacement videos")
+    parser.add_argument("--threads", type=int, default=0, help="CPU threads (0: torch's default)")
+    return parser
+
+
+def run(args: argparse.Namespace) -> None:
+    if args.k < 1:
+        raise DataError(f"--k: expected a positive cut-off, got {args.k}")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    ckpt, cfg, ds = open_run(args.run, args.data_path)
+    model = train.build_model(cfg, ds)
+    try:
+        epoch = train.load_weights(model, ckpt)
+    except SystemExit as err:                       # train.py's one-line "error: ..." messages
+        raise DataError(str(err).removeprefix("error: ")) from None
+    model.eval()
+    split = ds.val if args.split == "val" else ds.test
+    print(f"{ckpt} ({cfg.model_name}, epoch {epoch}) on {Path(ds.path)}, {args.split} split, {len(split)} lines")
+    with torch.no_grad():
+        score = model.scorer()
+        reference = UserPopularity(ds.train, ds.graph).scorer()
+        print(report(cfg.model_name, by_kind(ds, split, score, args.k), args.k))
+        print(report("userpop", by_kind(ds, split, reference, args.k), args.k))
+        print(f"{cfg.model_name}: Recall@{args.k} with each line's video replaced (seed {args.seed})")
+        for name, recall in swapped_recall(ds, split, score, args.k, args.seed).items():
+            print(f"  {name:28s} {recall:.4f}")
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    return exit_status(lambda: run(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,63 @@
+"""diagnose.py: the per-positive rule agrees with the evaluation, the video swap changes only what uses the
+video, and the command line reports a run or refuses in one line."""
+
+import pytest
+import torch
+
+import diagnose
+import evaluation
+import train
+from baselines import UserPopularity
+from model import Config
+
+
+@pytest.fixture(scope="module")
+def gcn_scorer(tiny):
+    torch.manual_seed(0)
+    model = train.build_model(Config(dim_latent=8), tiny).eval()   # untrained: continuous, tie-free scores
+    with torch.no_grad():
+        return model.scorer()
+
+
+def test_positive_ranks_give_the_evaluations_recall(tiny, gcn_scorer):
+    split, k = tiny.test, 10
+    per_line = []
+    with torch.no_grad():
+        for lo in range(0, len(split), 7):                          # uneven batches on purpose
+            lines = slice(lo, min(lo + 7, len(split)))
+            neg_s, pos_s, valid = diagnose.line_scores(split, gcn_scorer, lines)
+            hit = (diagnose.above(neg_s, pos_s, valid) < k) & valid
+            per_line += (hit.sum(1) / valid.sum(1)).tolist()
+        expected = evaluation.evaluate(split, gcn_scorer, ks=(k,))["recall@10"]
+    assert sum(per_line) / len(per_line) == pytest.approx(expected, abs=1e-12)
+
+
+def test_kinds_split_every_positive_and_userpop_never_finds_a_new_topical_one(tiny):
+    with torch.no_grad():
+        diag = diagnose.by_kind(tiny, tiny.test, UserPopularity(tiny.train, tiny.graph).scorer(), 10)
+    assert sum(n for n, _ in diag["hits"].values()) == len(tiny.test.pos)
+    assert set(diag["hits"]) <= {"generic seen", "generic new", "topical seen", "topical new"}
+    assert diag["hits"]["topical new"][1] == 0.0                     # a count of 0 never beats a used tag
+    assert diag["hits"]["generic seen"][1] > diag["hits"]["topical new"][1]
+
+
+def test_swapping_the_video_leaves_a_video_blind_ranker_alone(tiny, gcn_scorer):
+    with torch.no_grad():
+        blind = diagnose.swapped_recall(tiny, tiny.test, UserPopularity(tiny.train, tiny.graph).scorer(), 10, 0)
+        seeing = diagnose.swapped_recall(tiny, tiny.test, gcn_scorer, 10, 0)
+        own = evaluation.evaluate(tiny.test, gcn_scorer, ks=(10,))["recall@10"]
+    assert len(set(blind.values())) == 1
+    assert seeing["own video"] == own
+    assert seeing["anyone's video"] != own
+
+
+def test_command_line_reports_a_run_and_refuses_a_missing_one(tiny_dir, tmp_path, capsys):
+    cfg = Config(data_path=str(tiny_dir), dim_latent=8, num_epoch=1)
+    train.run(cfg, tmp_path / "run", torch.device("cpu"), progress=False, log=lambda *a: None)
+    assert diagnose.main([str(tmp_path / "run"), "--split", "val", "--k", "5"]) == 0
+    out = capsys.readouterr().out
+    assert "gcn_phr: hits in the top 5" in out and "userpop: hits in the top 5" in out
+    assert "another video of the user" in out
+    assert diagnose.main([str(tmp_path / "nothing")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error:") and "best.pt" in err[0]
