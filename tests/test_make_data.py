@@ -243,6 +243,11 @@ def test_ensure_rebuilds_a_stale_dataset(tmp_path):
     make_data.ensure("tiny", root=tmp_path)
     assert json.loads((out / "meta.json").read_text())["generator"]["params"]["personal_weight"] == (
         TINY.personal_weight)
+    meta = json.loads((out / "meta.json").read_text())
+    del meta["generator"]["test_recall@10"]["topic_counts"]  # written before that reference existed
+    (out / "meta.json").write_text(json.dumps(meta))
+    make_data.ensure("tiny", root=tmp_path)
+    assert set(json.loads((out / "meta.json").read_text())["generator"]["test_recall@10"]) == set(make_data.REFERENCES)
 
 
 @pytest.mark.parametrize("meta", [None, {"source": "prepare"}])
