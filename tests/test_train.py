@@ -88,6 +88,23 @@ def test_same_seed_same_metrics_other_seed_differs(tiny_dir, tmp_path):
     assert other["val"] != first["val"]
 
 
+def test_same_seed_same_weights_with_two_threads_on_small(tmp_path):
+    """Large enough for torch to split the backward accumulations over threads (``tiny`` is not): without
+    deterministic algorithms two runs of the same seed drift apart from the first step. A 1-core machine
+    runs one thread and cannot tell."""
+    import make_data
+    data = make_data.build("small", tmp_path / "small", references=False)
+    threads = torch.get_num_threads()
+    try:
+        for name in ("a", "b"):
+            _run(data, tmp_path / name, dim_latent=64, num_epoch=2, patience=0, num_workers=2)
+    finally:
+        torch.set_num_threads(threads)
+    a, b = (torch.load(tmp_path / name / "last.pt", weights_only=True)["model"] for name in ("a", "b"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert not torch.are_deterministic_algorithms_enabled()                  # restored after the run
+
+
 @pytest.mark.parametrize("name", ["gcn_phr", "userpop"])
 def test_checkpoint_reloads_to_identical_metrics(tiny_dir, tmp_path, name):
     results = _run(tiny_dir, tmp_path / "run", model_name=name, PATH_weight_save=str(tmp_path / "w.pt"))
