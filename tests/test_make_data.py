@@ -103,54 +103,63 @@ def test_oracle_beats_content_only_and_user_only(tiny_build):
     assert recall["oracle"] > recall["user_only"] + 0.1
 
 
-def test_reference_recalls_match_a_direct_computation(tiny_build):
-    """The stored oracle figure is the Recall@10 of log P(h | u, v) written out by hand here."""
-    out, _ = tiny_build
+def _generated(out):
+    """The dataset at ``out``, the generator's draws behind it (seed 0) and the local -> generator ids of its
+    users, videos and hashtags (through the names written to posts.tsv)."""
     ds = data_load.load_dataset(out)
     rng = np.random.default_rng(0)
     world = make_data.sample_world(TINY, rng)
     vids = make_data.sample_videos(TINY, world, rng)
-    # local -> generator ids through the names written to posts.tsv
-    user = np.array([int(n[1:]) for n in ds.user_names])
-    video = np.array([int(n[1:]) for n in ds.video_names])
     tag_index = {n: i for i, n in enumerate(make_data.tag_names(world))}
-    tag = np.array([tag_index[n] for n in ds.hashtag_names])
-    lam, sig = TINY.personal_weight, TINY.generic_weight
+    ids = {"user": np.array([int(n[1:]) for n in ds.user_names]),
+           "video": np.array([int(n[1:]) for n in ds.video_names]),
+           "hashtag": np.array([tag_index[n] for n in ds.hashtag_names])}
+    return ds, world, vids, ids
+
+
+def _loop_recall(ds, line_scores) -> float:
+    """Test Recall@10 written as plain loops, an independent check of the vectorised code:
+    ``line_scores(user, video, candidates)`` (local ids) gives one score per candidate."""
     hits = []
-    for line in range(len(ds.test)):  # a plain loop: an independent check of the vectorised code
-        u, v = user[int(ds.test.users[line])], video[int(ds.test.videos[line])]
-        pos = ds.test.pos[ds.test.pos_ptr[line]:ds.test.pos_ptr[line + 1]].numpy()
-        cand = np.concatenate([ds.test.negatives[line].numpy(), pos])
+    for line in range(len(ds.test)):
+        pos = ds.test.pos[ds.test.pos_ptr[line]:ds.test.pos_ptr[line + 1]].tolist()
+        cand = ds.test.negatives[line].tolist() + pos
+        scores = np.array(line_scores(int(ds.test.users[line]), int(ds.test.videos[line]), cand))
+        is_pos = np.arange(len(cand)) >= len(cand) - len(pos)
+        above = [(scores[~is_pos] >= s).sum() + (scores[is_pos] > s).sum() for s in scores[is_pos]]
+        hits.append(np.mean(np.array(above) < 10))
+    return float(np.mean(hits))
+
+
+def test_reference_recalls_match_a_direct_computation(tiny_build):
+    """The stored oracle figure is the Recall@10 of log P(h | u, v) written out by hand here."""
+    ds, world, vids, ids = _generated(tiny_build[0])
+    lam, sig = TINY.personal_weight, TINY.generic_weight
+
+    def oracle(user, video, cand):
+        u, v = ids["user"][user], ids["video"][video]
         scores = []
-        for h in tag[cand]:
+        for h in ids["hashtag"][cand]:
             t = world.tag_topic[h]
             slot = list(world.user_topic[u]).index(t) if t in world.user_topic[u] else None
             pers = 0.0 if slot is None else world.personal_w[slot][world.personal[u, slot] == h].sum()
             in_block = lam * pers + (1 - lam) * world.tag_pop[h]
             weight = sig if t == TINY.num_topic else (1 - sig) * vids.mix[v][vids.topics[v] == t].sum()
             scores.append(weight * in_block)
-        scores = np.array(scores)
-        is_pos = np.arange(len(cand)) >= len(cand) - len(pos)
-        above = [(scores[~is_pos] >= s).sum() + (scores[is_pos] > s).sum() for s in scores[is_pos]]
-        hits.append(np.mean(np.array(above) < 10))
-    stored = json.loads((out / "meta.json").read_text())["generator"]["test_recall@10"]["oracle"]
-    assert stored == pytest.approx(np.mean(hits), abs=1e-3)
+        return scores
+
+    stored = json.loads((tiny_build[0] / "meta.json").read_text())["generator"]["test_recall@10"]["oracle"]
+    assert stored == pytest.approx(_loop_recall(ds, oracle), abs=1e-3)
 
 
 def test_topic_counts_match_a_direct_computation(tiny_build):
     """The stored topic_counts figure is the Recall@10 of the counting rule of the docstring, written as loops."""
-    out, _ = tiny_build
-    ds = data_load.load_dataset(out)
-    rng = np.random.default_rng(0)
-    world = make_data.sample_world(TINY, rng)
-    vids = make_data.sample_videos(TINY, world, rng)
-    video = np.array([int(n[1:]) for n in ds.video_names])
-    topic = {i: world.tag_topic[j] for i, j in enumerate(
-        {n: k for k, n in enumerate(make_data.tag_names(world))}[n] for n in ds.hashtag_names)}
+    ds, world, vids, ids = _generated(tiny_build[0])
+    topic = world.tag_topic[ids["hashtag"]]                                      # [H] local hashtag -> block
     T = TINY.num_topic
 
     def beta(v):  # {topic: weight} of a local video
-        g = video[v]
+        g = ids["video"][v]
         return {int(t): float(b) for t, b in zip(vids.topics[g], vids.mix[g]) if t >= 0}
 
     user_topic_tag, topic_tag, user_tag, uses = {}, {}, {}, {}
@@ -162,23 +171,18 @@ def test_topic_counts_match_a_direct_computation(tiny_build):
             topic_tag[t, h] = topic_tag.get((t, h), 0.0) + b
     topic_total = {t: sum(c for (t2, _), c in topic_tag.items() if t2 == t) for t in range(T)}
     top = max(uses.values()) + 1.0
-    hits = []
-    for line in range(len(ds.test)):
-        u, v = int(ds.test.users[line]), int(ds.test.videos[line])
-        pos = ds.test.pos[ds.test.pos_ptr[line]:ds.test.pos_ptr[line + 1]].tolist()
-        cand = ds.test.negatives[line].tolist() + pos
+
+    def counts(u, v, cand):
         scores = []
         for h in cand:
             s = sum(b * (user_topic_tag.get((u, t, h), 0.0) + topic_tag.get((t, h), 0.0) / topic_total[t])
                     for t, b in beta(v).items())
             s += user_tag.get((u, h), 0) if topic[h] == T else 0.0
             scores.append(s + 1e-6 * uses.get(h, 0) / top)
-        scores = np.array(scores)
-        is_pos = np.arange(len(cand)) >= len(cand) - len(pos)
-        above = [(scores[~is_pos] >= s).sum() + (scores[is_pos] > s).sum() for s in scores[is_pos]]
-        hits.append(np.mean(np.array(above) < 10))
-    stored = json.loads((out / "meta.json").read_text())["generator"]["test_recall@10"]
-    assert stored["topic_counts"] == pytest.approx(np.mean(hits), abs=1e-3)
+        return scores
+
+    stored = json.loads((tiny_build[0] / "meta.json").read_text())["generator"]["test_recall@10"]
+    assert stored["topic_counts"] == pytest.approx(_loop_recall(ds, counts), abs=1e-3)
     assert stored["userpop"] < stored["topic_counts"] < stored["oracle"]
 
 
@@ -186,12 +190,9 @@ def test_noise_scale_zero_keeps_the_data_and_removes_the_feature_noise(tiny_buil
     clean = make_data.build("tiny", tmp_path / "clean", seed=0, noise_scale=0.0, references=False)
     for name in ("train.npy", "val.npz", "test.npz", "video_hashtag.npz", "hashtag_list.txt"):
         assert (clean / name).read_bytes() == (tiny_build[0] / name).read_bytes(), name
-    ds = data_load.load_dataset(clean)
-    rng = np.random.default_rng(0)
-    vids = make_data.sample_videos(TINY, make_data.sample_world(TINY, rng), rng)
-    video = np.array([int(n[1:]) for n in ds.video_names])
-    single = vids.topics[video, 1] < 0                                          # one-topic videos
-    first = vids.topics[video, 0]
+    ds, _, vids, ids = _generated(clean)
+    single = vids.topics[ids["video"], 1] < 0                                   # one-topic videos
+    first = vids.topics[ids["video"], 0]
     for block in ds.feature_blocks:                                              # a function of the topic alone
         rows = np.asarray(block)[single]
         same = first[single][:, None] == first[single][None, :]
