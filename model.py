@@ -84,9 +84,9 @@ class Config:
     neg_pop_share: float = _opt(0.0, "share of training negatives drawn in proportion to hashtag popularity; "
                                 "the rest are uniform over training hashtags (0 = the paper's uniform draw)")
     neg_user_share: float = _opt(0.0, "share of training negatives drawn from the hashtags the row's user used in "
-                                 "training (uniform over her distinct hashtags; never those of the row's video): they "
-                                 "ask the model which of her own hashtags fit this video, which only the video can "
-                                 "answer (0 = the paper's draw)")
+                                 "training (uniform over her distinct hashtags; never those of the row's video), to "
+                                 "ask which of her own hashtags fit this video (0 = the paper's draw; on 'small' any "
+                                 "share hurts, README: 'Does it learn?')")
     hide_own: str = _opt("none", "what a training batch hides from its own message passing: none (the "
                          "release), rows (the batch's rows), videos (every edge of the batch's videos, so a "
                          "training video is as new to the graph as a test video)",
