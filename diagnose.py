@@ -23,6 +23,7 @@ Shape legend: B lines, C negatives per line, J the most positives of a line, U u
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from pathlib import Path
 
@@ -42,8 +43,7 @@ BATCH = 256  # lines scored at once
 def kinds(ds: Dataset) -> np.ndarray:
     """``[H]`` "generic", "topical" (hashtag names of ``make_data.py``) or "" (any other dataset)."""
     names = ds.hashtag_names
-    synthetic = all(n.startswith("gen_h") or (n.startswith("t") and "_h" in n) for n in names)
-    if not synthetic:
+    if not all(re.fullmatch(r"(gen|t\d+)_h\d+", n) for n in names):
         return np.full(len(names), "", dtype=object)
     return np.array(["generic" if n.startswith("gen_h") else "topical" for n in names], dtype=object)
 

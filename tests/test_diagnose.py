@@ -61,3 +61,11 @@ def test_command_line_reports_a_run_and_refuses_a_missing_one(tiny_dir, tmp_path
     assert diagnose.main([str(tmp_path / "nothing")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error:") and "best.pt" in err[0]
+
+
+def test_kinds_only_for_the_generators_names(tiny):
+    assert set(diagnose.kinds(tiny)) == {"generic", "topical"}
+
+    class Named:
+        hashtag_names = ["t01_h0002", "gen_h0001", "travel_hike"]               # one name of someone's own data
+    assert list(diagnose.kinds(Named)) == ["", "", ""]
