@@ -48,11 +48,10 @@ def kinds(ds: Dataset) -> np.ndarray:
     return np.array(["generic" if n.startswith("gen_h") else "topical" for n in names], dtype=object)
 
 
-def line_scores(split: Split, score, lines: slice, videos: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
+def line_scores(split: Split, score, lines: slice) -> tuple[Tensor, Tensor, Tensor]:
     """Scores of one batch of lines: ``(negatives [B, C], positives [B, J], valid [B, J])``, padded positives
-    masked out. ``videos`` [B] replaces the lines' own videos."""
-    users = split.users[lines]
-    vids = split.videos[lines] if videos is None else videos
+    masked out."""
+    users, vids = split.users[lines], split.videos[lines]
     start, stop = split.pos_ptr[lines.start], split.pos_ptr[lines.stop]
     counts = split.pos_ptr[lines.start + 1: lines.stop + 1] - split.pos_ptr[lines.start: lines.stop]   # [B]
     width = int(counts.max())
@@ -108,16 +107,15 @@ def by_kind(ds: Dataset, split: Split, score, k: int) -> dict:
 def swapped_recall(ds: Dataset, split: Split, score, k: int, seed: int) -> dict:
     """Recall@k with the lines' own videos, a random training video of the same user, and of anyone."""
     gen = torch.Generator().manual_seed(seed)
-    order = torch.argsort(ds.train[:, 0], stable=True)
-    by_user = ds.train[order, 1]                                                        # train videos by user
+    user_video = torch.unique(ds.train[:, :2], dim=0)                                  # [V_train, 2] by user
     ptr = torch.cat([torch.zeros(1, dtype=torch.long),
-                     torch.bincount(ds.train[:, 0], minlength=ds.num_user).cumsum(0)])  # [U + 1]
+                     torch.bincount(user_video[:, 0], minlength=ds.num_user).cumsum(0)])   # [U + 1]
     users = split.users
     lo, n = ptr[users], ptr[users + 1] - ptr[users]                                     # [N]
     if (n == 0).any():
         raise DataError(f"{ds.path}: expected every line's user to have a training video, got a user without")
-    own = by_user[lo + (torch.rand(len(users), generator=gen, dtype=torch.float64) * n).long()]  # [N]
-    anyone = ds.train[torch.randint(len(ds.train), (len(users),), generator=gen), 1]   # [N]
+    own = user_video[lo + (torch.rand(len(users), generator=gen, dtype=torch.float64) * n).long(), 1]  # [N]
+    anyone = user_video[torch.randint(len(user_video), (len(users),), generator=gen), 1]              # [N]
     out = {}
     for name, videos in (("own video", None), ("another video of the user", own), ("anyone's video", anyone)):
         fn = score if videos is None else _with_videos(score, split, videos)
