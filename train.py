@@ -46,7 +46,7 @@ from tqdm import tqdm
 import ddp
 import evaluation
 from baselines import PAPER_BASELINES, ContentModel, MatrixFactorization, Popularity, UserPopularity
-from data_load import DataError, Dataset, load_dataset, write_json_atomic
+from data_load import DataError, Dataset, PairGraph, load_dataset, write_json_atomic
 from model import GCNPHR, Config, HomogeneousGCN, Ranker, ReleasedGCN
 
 DEFAULT_PRESET = "small"
@@ -146,21 +146,21 @@ class NegativeSampler:
     ``pop_share`` of those in proportion to popularity and the rest uniformly. ``user_share = pop_share = 0``
     is the paper's uniform draw. The hashtags of the row's own video are excluded (rejection, redrawing only
     the rejected entries; a user draw that keeps clashing, as for a user who put every hashtag of hers on this
-    video, falls back to the global draw).
+    video, falls back to the global draw). User draws read the users' hashtags from ``graph``, the pair graph
+    of the same training rows.
     """
 
     def __init__(self, train: Tensor, num_hashtag: int, pop_share: float, generator: torch.Generator,
-                 per_row: int = 1, user_share: float = 0.0):
+                 per_row: int = 1, user_share: float = 0.0, graph: PairGraph | None = None):
+        if user_share > 0 and graph is None:
+            raise ValueError("NegativeSampler: user_share > 0 needs the pair graph of the training rows")
         count = torch.bincount(train[:, 2], minlength=num_hashtag).double()       # [H]
         seen = (count > 0).double()
         self.prob = (1 - pop_share) * seen / seen.sum() + pop_share * count / count.sum()   # [H]
         self.num_hashtag = num_hashtag
         self.users, self.videos = train[:, 0], train[:, 1]
         self.own = torch.unique(train[:, 1] * num_hashtag + train[:, 2])         # sorted (video, tag) keys
-        pairs = torch.unique(train[:, 0] * num_hashtag + train[:, 2])            # sorted (user, tag) keys
-        self.user_tags = pairs % num_hashtag                                      # [P] CSR by user
-        degree = torch.bincount(pairs // num_hashtag, minlength=int(train[:, 0].max()) + 1 if len(train) else 0)
-        self.user_ptr = torch.cat([degree.new_zeros(1), degree.cumsum(0)])       # [U+1]
+        self.graph = graph
         self.gen = generator
         self.per_row = per_row
         self.user_share = user_share
@@ -170,18 +170,19 @@ class NegativeSampler:
 
     def _draw_own(self, users: Tensor) -> Tensor:
         """One of each user's distinct training hashtags, uniformly. ``[n] -> [n]``"""
-        lo, hi = self.user_ptr[users], self.user_ptr[users + 1]
+        lo, hi = self.graph.user_ptr[users], self.graph.user_ptr[users + 1]       # the user's pairs
         pick = (torch.rand(users.numel(), generator=self.gen, dtype=torch.float64) * (hi - lo)).long()
-        return self.user_tags[lo + torch.minimum(pick, hi - lo - 1)]
+        return self.graph.pair_hashtag[lo + torch.minimum(pick, hi - lo - 1)]
 
     def sample(self) -> Tensor:
         """``[R]`` one negative per row, or ``[R, K]`` with ``per_row`` K > 1."""
         k = self.per_row
         videos = self.videos if k == 1 else self.videos.repeat_interleave(k)      # [R·K]
-        users = self.users if k == 1 else self.users.repeat_interleave(k)         # [R·K]
         neg = self._draw(videos.numel())                                          # [R·K]
         own = torch.zeros(neg.numel(), dtype=torch.bool)                          # [R·K] a user draw?
+        users = None                                                              # [R·K], for user draws
         if self.user_share > 0:
+            users = self.users if k == 1 else self.users.repeat_interleave(k)     # [R·K]
             own = torch.rand(neg.numel(), generator=self.gen) < self.user_share
             neg[own] = self._draw_own(users[own])
         todo = torch.arange(neg.numel())
@@ -312,7 +313,7 @@ def _run(cfg: Config, out: Path, device: torch.device, allow_pickle: bool, progr
     last_epoch = cfg.num_epoch if model.trainable and not finished else 0
     if last_epoch:
         sampler = NegativeSampler(ds.train, ds.num_hashtag, cfg.neg_pop_share, gen, cfg.neg_per_row,
-                                  cfg.neg_user_share)
+                                  cfg.neg_user_share, ds.graph)
         train_rows = ds.train.to(device)
         batch_loss = model.loss if dist is None else ddp.wrap(model, device)   # (users, videos, pos, neg, rows)
     for epoch in range(first, last_epoch + 1):

@@ -182,7 +182,7 @@ def test_user_share_draws_the_users_own_hashtags_but_never_the_videos(tiny):
     mine = {}
     for share in (0.0, 0.5, 1.0):
         neg = train.NegativeSampler(tiny.train, tiny.num_hashtag, 0.0, torch.Generator().manual_seed(0),
-                                    per_row=3, user_share=share).sample()      # [R, 3]
+                                    per_row=3, user_share=share, graph=tiny.graph).sample()   # [R, 3]
         rows = [(u, v, h) for u, v, hs in zip(users, videos, neg.tolist()) for h in hs]
         assert not any((v, h) in own for _, v, h in rows)
         mine[share] = sum(h in used[u] for u, _, h in rows) / len(rows)
@@ -192,6 +192,8 @@ def test_user_share_draws_the_users_own_hashtags_but_never_the_videos(tiny):
     assert mine[0.0] < 0.2 < mine[0.5] < mine[1.0]
     with pytest.raises(ValueError, match="neg_user_share"):
         Config(neg_user_share=1.5).validate()
+    with pytest.raises(ValueError, match="pair graph"):
+        train.NegativeSampler(tiny.train, tiny.num_hashtag, 0.0, torch.Generator(), user_share=0.5)
 
 
 def test_no_cuda_picks_the_cpu():
