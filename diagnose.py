@@ -5,8 +5,8 @@ The README's diagnosis of GCN-PHR ("Does it learn?") rests on these three views 
 1. **Hits by kind of positive.** Every positive of every line is *seen* (its user used that hashtag in
    training) or *new*; on data from ``make_data.py`` it is also *generic* (a content-free ``gen_*`` hashtag)
    or *topical* (``t<k>_*``). For each kind: how many positives, and the share ranked in the top K of
-   their line (the evaluation's rule: a negative scored at least as high, or another positive scored
-   higher, counts above it). ``userpop`` is scored beside the model.
+   their line (ranked as the evaluation ranks them, ties against the positive). ``userpop`` is scored
+   beside the model.
 2. **What outranks the seen positives the model misses**: per miss, how many negatives above it are
    seen / new for the user (and generic / topical), and how often the new ones were used in training.
 3. **Does it use the video?** Recall@K again with each line's video replaced by a random training video
@@ -17,7 +17,7 @@ Usage::
 
     python diagnose.py RUN_DIR [--data_path DIR] [--split test] [--k 10] [--seed 0]
 
-Shape legend: B lines, C negatives per line, J the most positives of a line, U users, H hashtags.
+Shape legend: B lines, C candidates per line, U users, H hashtags.
 """
 
 from __future__ import annotations
@@ -48,57 +48,35 @@ def kinds(ds: Dataset) -> np.ndarray:
     return np.array(["generic" if n.startswith("gen_h") else "topical" for n in names], dtype=object)
 
 
-def line_scores(split: Split, score, lines: slice) -> tuple[Tensor, Tensor, Tensor]:
-    """Scores of one batch of lines: ``(negatives [B, C], positives [B, J], valid [B, J])``, padded positives
-    masked out."""
-    users, vids = split.users[lines], split.videos[lines]
-    start, stop = split.pos_ptr[lines.start], split.pos_ptr[lines.stop]
-    counts = split.pos_ptr[lines.start + 1: lines.stop + 1] - split.pos_ptr[lines.start: lines.stop]   # [B]
-    width = int(counts.max())
-    valid = torch.arange(width) < counts[:, None]                                      # [B, J]
-    pos = torch.zeros(len(users), width, dtype=torch.long)
-    pos[valid] = split.pos[start:stop]
-    neg = split.negatives[lines]                                                        # [B, C]
-    s = score(users, vids, torch.cat([neg, pos], dim=1)).double()                      # [B, C + J]
-    return s[:, : neg.size(1)], s[:, neg.size(1):], valid
-
-
-def above(neg_s: Tensor, pos_s: Tensor, valid: Tensor) -> Tensor:
-    """``[B, J]`` candidates ranked above each positive: negatives scored ≥, other positives scored >."""
-    higher = (pos_s.unsqueeze(1) > pos_s.unsqueeze(2)) & valid.unsqueeze(1)           # [B, J, J']: j' above j
-    return (neg_s.unsqueeze(1) >= pos_s.unsqueeze(2)).sum(2) + higher.sum(2)
-
-
 def by_kind(ds: Dataset, split: Split, score, k: int) -> dict:
-    """Hits in the top ``k`` by kind of positive, and what outranks the seen positives that miss."""
+    """Hits in the top ``k`` by kind of positive, and what outranks the seen positives that miss (candidates
+    and ranks as :func:`evaluation.evaluate` makes them)."""
     pairs = set(map(tuple, ds.train[:, [0, 2]].tolist()))
     kind = kinds(ds)
     uses = torch.bincount(ds.train[:, 2], minlength=ds.num_hashtag)
+    num_neg = split.negatives.size(1)
     hits: dict[str, list[int]] = {}
     intruders: dict[str, int] = {}
     new_uses: list[int] = []
     misses = 0
     for lo in range(0, len(split), BATCH):
-        lines = slice(lo, min(lo + BATCH, len(split)))
-        neg_s, pos_s, valid = line_scores(split, score, lines)
-        rank = above(neg_s, pos_s, valid)
-        start = int(split.pos_ptr[lo])
-        for b, user in enumerate(split.users[lines].tolist()):
-            positives = split.pos[start: start + int(valid[b].sum())].tolist()
-            start += len(positives)
-            for j, h in enumerate(positives):
-                seen = (user, h) in pairs
-                name = " ".join(x for x in (kind[h], "seen" if seen else "new") if x)
-                hit = int(rank[b, j]) < k
-                hits.setdefault(name, []).append(hit)
-                if seen and not hit:
-                    misses += 1
-                    for n in split.negatives[lo + b][neg_s[b] >= pos_s[b, j]].tolist():
-                        n_seen = (user, n) in pairs
-                        key = " ".join(x for x in (kind[n], "seen" if n_seen else "new") if x)
-                        intruders[key] = intruders.get(key, 0) + 1
-                        if not n_seen:
-                            new_uses.append(int(uses[n]))
+        lines = torch.arange(lo, min(lo + BATCH, len(split)))                         # [B]
+        cand, pos_mask, valid = evaluation.candidates(split, lines)                   # [B, C]
+        scores = score(split.users[lines], split.videos[lines], cand)                 # [B, C]
+        users = split.users[lines].tolist()
+        for b, j, rank in zip(*(t.tolist() for t in evaluation.positive_ranks(scores, pos_mask, valid))):
+            user, h = users[b], int(cand[b, j])
+            seen = (user, h) in pairs
+            hit = rank <= k
+            hits.setdefault(" ".join(x for x in (kind[h], "seen" if seen else "new") if x), []).append(hit)
+            if seen and not hit:
+                misses += 1
+                for n in cand[b, :num_neg][scores[b, :num_neg] >= scores[b, j]].tolist():
+                    n_seen = (user, n) in pairs
+                    key = " ".join(x for x in (kind[n], "seen" if n_seen else "new") if x)
+                    intruders[key] = intruders.get(key, 0) + 1
+                    if not n_seen:
+                        new_uses.append(int(uses[n]))
     return {"hits": {name: (len(v), float(np.mean(v))) for name, v in sorted(hits.items())},
             "misses": misses, "intruders": {name: c / max(misses, 1) for name, c in sorted(intruders.items())},
             "new_intruder_uses": (float(np.mean(new_uses)), float(np.median(new_uses))) if new_uses else None}

@@ -105,17 +105,8 @@ def rank_metrics(
         line = int(torch.nonzero(num_pos == 0)[0])
         raise ValueError(f"rank_metrics: line {line} of the batch has no valid positive")
 
-    # Each positive's rank is counted, not sorted for: rank = 1 + #(valid candidates with a greater
-    # score) + #(valid negatives with an equal score) + #(positives with an equal score in an earlier
-    # column). Only positives can be hits, and there are few of them per line.
     width = max(ks)  # W: ranks looked at
-    line, col = pos.nonzero(as_tuple=True)  # [Q] every positive, by line then column
-    rows = scores[line]  # [Q, C] the scores of its line
-    own = scores[line, col].unsqueeze(1)  # [Q, 1]
-    earlier = torch.arange(scores.shape[1], device=scores.device) < col.unsqueeze(1)  # [Q, C]
-    tie_wins = valid_mask[line] & (~pos[line] | earlier)  # [Q, C] valid negatives, earlier positives
-    ahead = ((rows > own) & valid_mask[line]) | ((rows == own) & tie_wins)  # [Q, C]
-    rank = 1 + ahead.sum(dim=1)  # [Q]
+    line, _, rank = positive_ranks(scores, pos_mask, valid_mask)  # [Q] every positive
 
     ranks = torch.arange(1, width + 1, device=scores.device, dtype=torch.float32)  # [W]
     discount = 1.0 / torch.log2(ranks + 1.0)  # [W] 1/log2(r+1)
@@ -134,6 +125,23 @@ def rank_metrics(
         out[f"ndcg@{k}"] = dcg / idcg
         out[f"hit@{k}"] = (hits > 0).float()
     return out
+
+
+def positive_ranks(scores: Tensor, pos_mask: Tensor, valid_mask: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """The rank of every valid positive, by line then column: ``(line [Q], col [Q], rank [Q])``.
+
+    A rank is counted, not sorted for: 1 + #(valid candidates with a greater score) + #(valid negatives
+    with an equal score) + #(positives with an equal score in an earlier column). Only positives can be
+    hits, and there are few of them per line. Shapes of the inputs as in :func:`rank_metrics`.
+    """
+    pos = pos_mask & valid_mask  # [B, C]
+    line, col = pos.nonzero(as_tuple=True)  # [Q]
+    rows = scores[line]  # [Q, C] the scores of its line
+    own = scores[line, col].unsqueeze(1)  # [Q, 1]
+    earlier = torch.arange(scores.shape[1], device=scores.device) < col.unsqueeze(1)  # [Q, C]
+    tie_wins = valid_mask[line] & (~pos[line] | earlier)  # [Q, C] valid negatives, earlier positives
+    ahead = ((rows > own) & valid_mask[line]) | ((rows == own) & tie_wins)  # [Q, C]
+    return line, col, 1 + ahead.sum(dim=1)
 
 
 def candidates(split: Split, lines: Tensor) -> tuple[Tensor, Tensor, Tensor]:
