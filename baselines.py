@@ -18,7 +18,10 @@ The reference rankers every comparison table carries (SPEC §4, last item):
 - ``pop``: global training frequency of the hashtag;
 - ``userpop``: how often the user gave the hashtag to her training videos, global frequency breaking ties;
 - ``content``: a content-only model :math:`s = \\langle \\mathbf{P} \\mathbf{f}_v, \\mathbf{e}_h \\rangle`;
-- ``mf``: BPR matrix factorisation on user–hashtag pairs, :math:`s = \\langle \\mathbf{e}_u, \\mathbf{e}_h \\rangle`.
+- ``mf``: BPR matrix factorisation on user–hashtag pairs, :math:`s = \\langle \\mathbf{e}_u, \\mathbf{e}_h \\rangle`;
+- ``knn``: neighbour voting, the hashtags of the user's (and everyone's) training videos whose features are
+  closest to the video's, plus the user's own hashtag frequencies: no training, a yardstick of what features
+  and history give together.
 
 All follow :class:`model.Ranker`, so they share data, negatives, loop, checkpoints and evaluation
 with GCN-PHR. Shape legend as in ``model.py``; in addition M WARP draws per row, K the most training
@@ -34,6 +37,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from data_load import PairGraph
+from gcn_layers import _spmm
 from model import AllScoreFn, Config, Ranker, ScoreFn, bpr_loss
 
 
@@ -90,6 +94,97 @@ class UserPopularity(Ranker):
             out[line, self.pair_key[at] - users[line] * self.num_hashtag] = self.pair_count[at]
             return out.add_(self.tie)
         return score
+
+
+class NeighbourVoting(Ranker):
+    r"""``knn``: the hashtags of the training videos that look like this one (neighbour voting, in the manner
+    of Li, Snoek & Worring, "Learning social tag relevance by neighbor voting", IEEE TMM 2009). Nothing to
+    train; it is the yardstick of what the video features and the user's history say together, without a
+    learned model.
+
+    .. math::
+        s(u, v, h) = \sum_{v' \in T_u} w_u(v, v')\,[h \in v'] + \alpha\,\frac{n(u, h)}{n(u)}
+                   + \beta \sum_{v' \in T} w(v, v')\,[h \in v'] + \epsilon\,\mathrm{pop}(h)
+
+    with :math:`w_u` (:math:`w`) the softmax of :math:`\cos(\mathbf{f}_v, \mathbf{f}_{v'}) / \tau` over the
+    user's training videos :math:`T_u` (over all training videos :math:`T`), :math:`n(u, h)` the user's
+    training videos tagged h, :math:`n(u)` her training rows, and a tie-break :math:`\epsilon\,\mathrm{pop}(h)
+    < 10^{-6}`. A user without training videos (``recommend.py``'s stand-in for an unseen user) keeps only the
+    everyone term.
+
+    Args:
+        cfg (Config): ``knn_temperature`` (τ), ``knn_user_weight`` (α), ``knn_global_weight`` (β).
+        train (Tensor): ``[R, 3]`` training rows (user, video, hashtag).
+        features (Tensor): ``[V, F]`` video features (kept L2-normalised, row by row).
+        num_user (int), num_hashtag (int): U and H.
+
+    Shapes:
+        scores: users [B], videos [B], cand [B, C] → [B, C]; all hashtags [B, H]. Internally [b, T] similarities
+        for ``chunk`` lines at a time (T training videos).
+    """
+
+    trainable = False
+    chunk = 128  # lines whose [chunk, T] similarities are held at once
+
+    def __init__(self, cfg: Config, train: Tensor, features: Tensor, num_user: int, num_hashtag: int) -> None:
+        super().__init__()
+        self.tau, self.alpha, self.beta = cfg.knn_temperature, cfg.knn_user_weight, cfg.knn_global_weight
+        self.num_user, self.num_hashtag = num_user, num_hashtag
+        users, videos, tags = train.unbind(1)                                      # [R] each
+        train_videos, row_video = torch.unique(videos, return_inverse=True)       # [T], [R] column of each row
+        video_user = torch.empty_like(train_videos)
+        video_user[row_video] = users                                              # [T] (a video has one user)
+        by_tag = torch.argsort(tags * len(train_videos) + row_video)               # [R] rows in CSR order
+        keys, counts = torch.unique(users * num_hashtag + tags, return_counts=True)  # the user's pairs, sorted
+        rows_of_user = torch.bincount(users, minlength=num_user).double()         # [U] n(u)
+        pop = torch.bincount(tags, minlength=num_hashtag).double()
+        self.register_buffer("features", F.normalize(features, dim=1), persistent=False)   # [V, F]
+        self.register_buffer("train_videos", train_videos, persistent=False)
+        self.register_buffer("video_user", video_user, persistent=False)
+        # the [H, T] hashtag-by-training-video incidence (1 where the video carries the hashtag), CSR
+        self.register_buffer("tag_ptr", torch.cat([tags.new_zeros(1), torch.bincount(tags, minlength=num_hashtag)
+                                                   .cumsum(0)]), persistent=False)            # [H + 1]
+        self.register_buffer("tag_video", row_video[by_tag], persistent=False)               # [R]
+        self.register_buffer("pair_key", keys, persistent=False)
+        self.register_buffer("pair_share", counts.double() / rows_of_user[keys // num_hashtag], persistent=False)
+        self.register_buffer("tie", 1e-6 * pop / (pop.max() + 1), persistent=False)   # [H] in [0, 1e-6)
+
+    def all_scorer(self) -> AllScoreFn:
+        def score(users: Tensor, videos: Tensor) -> Tensor:
+            return torch.cat([s for _, s in self._chunks(users, videos)]).float()                   # [B, H]
+        return score
+
+    def scorer(self) -> ScoreFn:
+        def score(users: Tensor, videos: Tensor, cand: Tensor) -> Tensor:
+            return torch.cat([s.gather(1, cand[lines]) for lines, s in self._chunks(users, videos)]).float()  # [B, C]
+        return score
+
+    def _chunks(self, users: Tensor, videos: Tensor):
+        """``(lines, [b, H] scores)`` for :attr:`chunk` lines at a time."""
+        for lo in range(0, users.numel(), self.chunk):
+            lines = slice(lo, lo + self.chunk)
+            yield lines, self._score_all(users[lines], videos[lines])
+
+    def _score_all(self, users: Tensor, videos: Tensor) -> Tensor:
+        """``[b, H]`` float64 scores of every hashtag for ``b`` lines."""
+        sim = (self.features[videos] @ self.features[self.train_videos].T).double() / self.tau   # [b, T]
+        own = self.video_user.unsqueeze(0) == users.unsqueeze(1)                            # [b, T]
+        w_own = torch.softmax(sim.masked_fill(~own, float("-inf")), dim=1).nan_to_num_(0.0)  # 0 without videos
+        weights = [w_own] + ([torch.softmax(sim, dim=1).mul_(self.beta)] if self.beta else [])
+        votes = sum(weights).T.contiguous()                                                  # [T, b]
+        out = _spmm(self.tag_ptr, self.tag_video, votes.new_ones(self.tag_video.numel()), self.num_hashtag,
+                    votes).T.contiguous()                                                   # [b, H]
+        if self.alpha:
+            first = torch.searchsorted(self.pair_key, users * self.num_hashtag)             # [b] the user's pairs
+            count = torch.searchsorted(self.pair_key, (users + 1) * self.num_hashtag) - first   # [b]
+            line = torch.repeat_interleave(torch.arange(users.numel(), device=users.device), count)   # [n]
+            at = torch.arange(line.numel(), device=users.device) - (count.cumsum(0) - count)[line] + first[line]
+            out[line, self.pair_key[at] - users[line] * self.num_hashtag] += self.alpha * self.pair_share[at]
+        return out.add_(self.tie)
+
+    def extra_repr(self) -> str:
+        return (f"train_videos={self.train_videos.numel()}, temperature={self.tau}, user_weight={self.alpha}, "
+                f"global_weight={self.beta}")
 
 
 class ContentModel(Ranker):

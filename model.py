@@ -46,7 +46,7 @@ class Config:
 
     # ---- the release's command line (SPEC §7) ----
     model_name: str = _opt("gcn_phr", "which ranker to train", choices=(
-        "gcn_phr", "released", "pop", "userpop", "content", "mf", "utm", "contagnet", "csmn", "ushm"))
+        "gcn_phr", "released", "pop", "userpop", "content", "mf", "knn", "utm", "contagnet", "csmn", "ushm"))
     data_path: str = _opt("", "dataset directory (project format, or legacy with --allow_pickle); "
                           "empty: build and use the synthetic 'small' preset under data/")
     l_r: float = _opt(1e-3, "Adam learning rate")
@@ -107,6 +107,11 @@ class Config:
     baseline_size: str = _opt("paper", "widths of ConTagNet and CSMN: paper = the original papers', "
                               "small = a CPU setting (see their docstrings); UTM and USHM are the same "
                               "in both", choices=("paper", "small"))
+    # ---- the neighbour-voting reference ranker (--model_name knn; defaults chosen on small's validation split) ----
+    knn_temperature: float = _opt(0.05, "knn: temperature of the softmax over feature cosines to training videos")
+    knn_user_weight: float = _opt(1.0, "knn: weight of the user's own hashtag frequencies")
+    knn_global_weight: float = _opt(0.3, "knn: weight of the votes of everyone's training videos (the user's own "
+                                    "videos always vote with weight 1)")
     # ---- scale-out (README: 'Scaling out') ----
     num_neigh: int = _opt(0, "sampled-subgraph training of GCN-PHR: each mini-batch propagates only through the "
                           "pairs reachable from its users and hashtags, at most this many sampled pairs per node and "
@@ -126,6 +131,9 @@ class Config:
         for name in positive:
             if getattr(self, name) <= 0:
                 raise ValueError(f"--{name}: expected a positive value, got {getattr(self, name)}")
+        if self.knn_temperature <= 0 or self.knn_user_weight < 0 or self.knn_global_weight < 0:
+            raise ValueError(f"--knn_temperature: expected > 0, --knn_user_weight and --knn_global_weight ≥ 0, got "
+                             f"{self.knn_temperature}, {self.knn_user_weight}, {self.knn_global_weight}")
         if self.weight_decay < 0 or self.patience < 0 or not 0 <= self.dropout < 1 \
                 or not 0 <= self.neg_pop_share <= 1 or not 0 <= self.neg_user_share <= 1:
             raise ValueError("--weight_decay and --patience must be ≥ 0, --dropout in [0, 1), "

@@ -73,6 +73,7 @@ FALLBACK = {
     "pop": "nothing to replace: global popularity does not use the user",
     "userpop": "global training popularity (the user has no training hashtags of her own)",
     "mf": "global training popularity (matrix factorisation has no content to go on)",
+    "knn": "the votes of everyone's training videos alone (the user has no videos or hashtags of her own)",
 }
 """``--model_name`` → how a user the model has never seen is ranked."""
 

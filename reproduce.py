@@ -9,7 +9,7 @@ Recall@10, checkpoints and evaluation are the ones of ``train.py``::
 
 Grid (one table per group; every GCN-PHR variant starts from the full model's settings)
 ---------------------------------------------------------------------------------------
-- ``overall``: pop, userpop, content, mf, utm, contagnet, csmn, ushm, released, gcn_phr; with ``--tune``
+- ``overall``: pop, userpop, content, mf, knn, utm, contagnet, csmn, ushm, released, gcn_phr; with ``--tune``
   also ``gcn_phr_release``, GCN-PHR with the release's hyper-parameters untouched;
 - ``ablations``: full model, ``--attention off``, ``--messages video``, ``--messages hashtag``,
   ``--graph homogeneous``;
@@ -84,11 +84,11 @@ from gcn_layers import AGGRS
 from model import Config
 
 GROUPS = ("overall", "ablations", "aggr_scoring", "layers")
-BASELINES = ("pop", "userpop", "content", "mf", "utm", "contagnet", "csmn", "ushm")
-UNTRAINED = ("pop", "userpop")
+BASELINES = ("pop", "userpop", "content", "mf", "knn", "utm", "contagnet", "csmn", "ushm")
+UNTRAINED = ("pop", "userpop", "knn")
 OVERALL = (*BASELINES, "released", "gcn_phr")
 LABELS = {"pop": "Popularity", "userpop": "User popularity", "content": "Content", "mf": "MF",
-          "utm": "UTM", "contagnet": "ConTagNet", "csmn": "CSMN", "ushm": "USHM",
+          "knn": "Neighbour voting", "utm": "UTM", "contagnet": "ConTagNet", "csmn": "CSMN", "ushm": "USHM",
           "released": "Released architecture", "gcn_phr": "GCN-PHR"}
 SCORINGS = ("cat", "fully_con")
 LAYERS = (1, 2, 3)

@@ -45,7 +45,7 @@ from tqdm import tqdm
 
 import ddp
 import evaluation
-from baselines import PAPER_BASELINES, ContentModel, MatrixFactorization, Popularity, UserPopularity
+from baselines import PAPER_BASELINES, ContentModel, MatrixFactorization, NeighbourVoting, Popularity, UserPopularity
 from data_load import DataError, Dataset, PairGraph, load_dataset, write_json_atomic
 from model import GCNPHR, Config, HomogeneousGCN, Ranker, ReleasedGCN
 
@@ -130,6 +130,8 @@ def build_model(cfg: Config, ds: Dataset, features: Tensor | None = None) -> Ran
     features = ds.features() if features is None else features
     if name == "content":
         return ContentModel(cfg, features, ds.num_hashtag)
+    if name == "knn":
+        return NeighbourVoting(cfg, ds.train, features, ds.num_user, ds.num_hashtag)
     if name in PAPER_BASELINES:
         return PAPER_BASELINES[name](cfg, ds.train, features, num_user=ds.num_user, num_hashtag=ds.num_hashtag)
     if name == "gcn_phr" and cfg.graph == "homogeneous":

@@ -4,6 +4,7 @@ import dataclasses
 
 import pytest
 import torch
+import torch.nn.functional as F
 from conftest import training_batch as _batch
 
 import train
@@ -160,10 +161,65 @@ def test_userpop_counts_the_users_own_hashtags(tiny):
     assert (score(torch.tensor([u]), torch.tensor([0]), unused) < 1).all()
 
 
+
+def _knn_by_hand(ds, user, video, tau, alpha, beta):
+    """The neighbour-voting score of every hashtag for one line, by plain loops (float64)."""
+    f = F.normalize(ds.features().double(), dim=1)
+    rows = ds.train.tolist()
+    tags_of, owner = {}, {}
+    for u, v, h in rows:
+        tags_of.setdefault(v, set()).add(h)
+        owner[v] = u
+    def votes(videos):
+        if not videos:
+            return torch.zeros(ds.num_hashtag, dtype=torch.float64)
+        w = torch.softmax(torch.tensor([float(f[video] @ f[v]) / tau for v in videos], dtype=torch.float64), 0)
+        out = torch.zeros(ds.num_hashtag, dtype=torch.float64)
+        for weight, v in zip(w, videos):
+            for h in tags_of[v]:
+                out[h] += weight
+        return out
+    everyone = sorted(tags_of)
+    score = votes([v for v in everyone if owner[v] == user]) + beta * votes(everyone)
+    mine = [h for u, v, h in rows if u == user]
+    for h in set(mine):
+        score[h] += alpha * mine.count(h) / len(mine)
+    pop = torch.bincount(ds.train[:, 2], minlength=ds.num_hashtag).double()
+    return score + 1e-6 * pop / (pop.max() + 1)
+
+
+@pytest.mark.parametrize("tau, alpha, beta", [(0.05, 1.0, 0.3), (0.5, 0.0, 0.0), (0.1, 0.3, 2.0)])
+def test_knn_equals_neighbour_voting_by_hand(tiny, tau, alpha, beta):
+    cfg = Config(model_name="knn", knn_temperature=tau, knn_user_weight=alpha, knn_global_weight=beta)
+    model = train.build_model(cfg, tiny)
+    assert not model.trainable and list(model.parameters()) == []
+    users, videos = tiny.test.users[:3], tiny.test.videos[:3]
+    unseen = torch.tensor([tiny.num_user])                   # recommend.py's stand-in for an unseen user
+    every = torch.arange(tiny.num_hashtag)
+    got = model.all_scorer()(torch.cat([users, unseen]), torch.cat([videos, videos[:1]]))    # [4, H]
+    for row, (u, v) in enumerate(zip([*users.tolist(), tiny.num_user], [*videos.tolist(), int(videos[0])])):
+        torch.testing.assert_close(got[row].double(), _knn_by_hand(tiny, u, v, tau, alpha, beta), rtol=1e-5, atol=1e-7)
+    cand = every[torch.randperm(tiny.num_hashtag, generator=torch.Generator().manual_seed(0))][:40].expand(3, -1)
+    torch.testing.assert_close(model.scorer()(users, videos, cand), got[:3].gather(1, cand))
+
+
+def test_knn_votes_for_the_tags_of_the_nearest_own_video(tiny):
+    # a line whose video is one of the user's training videos, at a low temperature and with votes from her
+    # own videos only: that video's hashtags, and only those, score 1 (its cosine with itself is the largest)
+    model = train.build_model(Config(model_name="knn", knn_temperature=1e-3, knn_user_weight=0.0,
+                                     knn_global_weight=0.0), tiny)
+    user, video = (int(x) for x in tiny.train[0, :2])
+    tags = tiny.train[tiny.train[:, 1] == video, 2]
+    score = model.all_scorer()(torch.tensor([user]), torch.tensor([video]))[0]
+    assert (score[tags] > 0.99).all()
+    others = torch.ones(tiny.num_hashtag, dtype=torch.bool)
+    others[tags] = False
+    assert (score[others] < 0.01).all()
+
 def test_config_rejects_bad_values():
     for bad in ({"aggr_mode": "median"}, {"topk": "5,x"}, {"topk": "5"}, {"l_r": 0.0}, {"dropout": 1.0},
                 {"model_name": "released", "hide_own": "videos"}, {"neg_pop_share": 1.5},
                 {"model_name": "released", "norm": "pair"}, {"graph": "homogeneous", "norm": "pair"},
-                {"norm": "batch"}):
+                {"norm": "batch"}, {"model_name": "knn", "knn_temperature": 0.0}, {"knn_global_weight": -1.0}):
         with pytest.raises(ValueError):
             dataclasses.replace(Config(), **bad).validate()

@@ -61,9 +61,9 @@ def test_quick_grid_writes_every_table_and_figure(quick_tiny):
 def test_second_invocation_trains_nothing(quick_tiny, tiny_dir, capsys):
     out, ds = quick_tiny
     before = _run_files(ds)
-    assert len(before) > 21 * 5
+    assert len(before) > 22 * 5
     assert reproduce.main(["--data", str(tiny_dir), *FAST, "--out", str(out)]) == 0
-    assert "21 runs on tiny (quick budget, 1 seeds, cpu); 21 finished before, 0 to train" in capsys.readouterr().out
+    assert "22 runs on tiny (quick budget, 1 seeds, cpu); 22 finished before, 0 to train" in capsys.readouterr().out
     assert _run_files(ds) == before
 
 
@@ -106,9 +106,9 @@ def test_grid_rows():
     release = next(r for r in rows if r.name == "gcn_phr_release")
     assert release.tune_as is None and release.settings == {"model_name": "gcn_phr"}
     assert {r.run for r in rows if r.name in ("full", "mean_cat", "layers2")} == {reproduce.FULL_RUN}
-    assert len(reproduce.unique_runs(rows)) == 11 + 4 + 5 + 2
+    assert len(reproduce.unique_runs(rows)) == 12 + 4 + 5 + 2
     assert "gcn_phr_release" not in {r.name for r in reproduce.grid_rows(reproduce.GROUPS, tune=False)}
-    assert all(r.tune_as is None for r in rows if r.name in ("pop", "userpop"))
+    assert all(r.tune_as is None for r in rows if r.name in ("pop", "userpop", "knn"))
 
 
 @pytest.mark.parametrize("item, tune, message", [
