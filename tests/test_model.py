@@ -161,7 +161,6 @@ def test_userpop_counts_the_users_own_hashtags(tiny):
     assert (score(torch.tensor([u]), torch.tensor([0]), unused) < 1).all()
 
 
-
 def _knn_by_hand(ds, user, video, tau, alpha, beta):
     """The neighbour-voting score of every hashtag for one line, by plain loops (float64)."""
     f = F.normalize(ds.features().double(), dim=1)
@@ -170,6 +169,7 @@ def _knn_by_hand(ds, user, video, tau, alpha, beta):
     for u, v, h in rows:
         tags_of.setdefault(v, set()).add(h)
         owner[v] = u
+
     def votes(videos):
         if not videos:
             return torch.zeros(ds.num_hashtag, dtype=torch.float64)
@@ -215,6 +215,7 @@ def test_knn_votes_for_the_tags_of_the_nearest_own_video(tiny):
     others = torch.ones(tiny.num_hashtag, dtype=torch.bool)
     others[tags] = False
     assert (score[others] < 0.01).all()
+
 
 def test_config_rejects_bad_values():
     for bad in ({"aggr_mode": "median"}, {"topk": "5,x"}, {"topk": "5"}, {"l_r": 0.0}, {"dropout": 1.0},
