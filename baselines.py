@@ -37,7 +37,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from data_load import PairGraph
-from gcn_layers import _spmm
+from gcn_layers import _counts_to_ptr, _spmm
 from model import AllScoreFn, Config, Ranker, ScoreFn, bpr_loss
 
 
@@ -45,6 +45,17 @@ def _dot(x: Tensor, tags: Tensor) -> Tensor:
     """Row-wise scores of ``x`` [B, d] against ``tags`` [B, d] → [B] or [B, K, d] → [B, K]."""
     return (x.unsqueeze(1) * tags).sum(-1) if tags.dim() == 3 else (x * tags).sum(-1)
 
+
+
+def users_pairs(pair_key: Tensor, users: Tensor, num_hashtag: int) -> tuple[Tensor, Tensor, Tensor]:
+    """Every (user, hashtag) pair of each line's user, from the sorted keys ``user * H + hashtag`` of the pairs:
+    ``(line [n], at [n], tag [n])``, the line, the pair's position in ``pair_key`` and its hashtag.
+    A user without pairs (an id past the last user, too) has none."""
+    first = torch.searchsorted(pair_key, users * num_hashtag)                        # [B] the user's pairs:
+    count = torch.searchsorted(pair_key, (users + 1) * num_hashtag) - first          # [B] a range
+    line = torch.repeat_interleave(torch.arange(users.numel(), device=users.device), count)   # [n]
+    at = torch.arange(line.numel(), device=users.device) - (count.cumsum(0) - count)[line] + first[line]
+    return line, at, pair_key[at] - users[line] * num_hashtag
 
 class Popularity(Ranker):
     """``pop``: s(u, v, h) = number of training rows with hashtag h. Nothing to train."""
@@ -86,12 +97,9 @@ class UserPopularity(Ranker):
 
     def all_scorer(self) -> AllScoreFn:
         def score(users: Tensor, videos: Tensor) -> Tensor:
-            first = torch.searchsorted(self.pair_key, users * self.num_hashtag)          # [B] the user's pairs:
-            count = torch.searchsorted(self.pair_key, (users + 1) * self.num_hashtag) - first   # [B] a range
-            line = torch.repeat_interleave(torch.arange(users.numel(), device=users.device), count)   # [n]
-            at = torch.arange(line.numel(), device=users.device) - (count.cumsum(0) - count)[line] + first[line]
+            line, at, tag = users_pairs(self.pair_key, users, self.num_hashtag)
             out = self.tie.new_zeros(users.numel(), self.num_hashtag)                    # [B, H]
-            out[line, self.pair_key[at] - users[line] * self.num_hashtag] = self.pair_count[at]
+            out[line, tag] = self.pair_count[at]
             return out.add_(self.tie)
         return score
 
@@ -142,8 +150,8 @@ class NeighbourVoting(Ranker):
         self.register_buffer("train_videos", train_videos, persistent=False)
         self.register_buffer("video_user", video_user, persistent=False)
         # the [H, T] hashtag-by-training-video incidence (1 where the video carries the hashtag), CSR
-        self.register_buffer("tag_ptr", torch.cat([tags.new_zeros(1), torch.bincount(tags, minlength=num_hashtag)
-                                                   .cumsum(0)]), persistent=False)            # [H + 1]
+        self.register_buffer("tag_ptr", _counts_to_ptr(torch.bincount(tags, minlength=num_hashtag)),
+                             persistent=False)                                                  # [H + 1]
         self.register_buffer("tag_video", row_video[by_tag], persistent=False)               # [R]
         self.register_buffer("pair_key", keys, persistent=False)
         self.register_buffer("pair_share", counts.double() / rows_of_user[keys // num_hashtag], persistent=False)
@@ -175,11 +183,8 @@ class NeighbourVoting(Ranker):
         out = _spmm(self.tag_ptr, self.tag_video, votes.new_ones(self.tag_video.numel()), self.num_hashtag,
                     votes).T.contiguous()                                                   # [b, H]
         if self.alpha:
-            first = torch.searchsorted(self.pair_key, users * self.num_hashtag)             # [b] the user's pairs
-            count = torch.searchsorted(self.pair_key, (users + 1) * self.num_hashtag) - first   # [b]
-            line = torch.repeat_interleave(torch.arange(users.numel(), device=users.device), count)   # [n]
-            at = torch.arange(line.numel(), device=users.device) - (count.cumsum(0) - count)[line] + first[line]
-            out[line, self.pair_key[at] - users[line] * self.num_hashtag] += self.alpha * self.pair_share[at]
+            line, at, tag = users_pairs(self.pair_key, users, self.num_hashtag)
+            out[line, tag] += self.alpha * self.pair_share[at]
         return out.add_(self.tie)
 
     def extra_repr(self) -> str:
