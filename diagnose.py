@@ -8,7 +8,8 @@ The README's diagnosis of GCN-PHR ("Does it learn?") rests on these three views 
    their line (ranked as the evaluation ranks them, ties against the positive). ``userpop`` is scored
    beside the model.
 2. **What outranks the seen positives the model misses**: per miss, how many negatives above it are
-   seen / new for the user (and generic / topical), and how often the new ones were used in training.
+   seen / new for the user (and generic / topical; a topical one in a topic of the line's positives or in
+   another topic), and how often the new ones were used in training.
 3. **Does it use the video?** Recall@K again with each line's video replaced by a random training video
    of the same user, then by a random training video of anyone (seeded). A model that ignores the video
    scores the same; a content-aware one loses.
@@ -40,19 +41,31 @@ from recommend import open_run
 BATCH = 256  # lines scored at once
 
 
+NAME = re.compile(r"(gen|t(\d+))_h\d+")  # hashtag names of make_data.py: gen_h<r> or t<topic>_h<r>
+
+
 def kinds(ds: Dataset) -> np.ndarray:
     """``[H]`` "generic", "topical" (hashtag names of ``make_data.py``) or "" (any other dataset)."""
     names = ds.hashtag_names
-    if not all(re.fullmatch(r"(gen|t\d+)_h\d+", n) for n in names):
+    if not all(NAME.fullmatch(n) for n in names):
         return np.full(len(names), "", dtype=object)
     return np.array(["generic" if n.startswith("gen_h") else "topical" for n in names], dtype=object)
+
+
+def topics(ds: Dataset) -> np.ndarray:
+    """``[H]`` the topic of each hashtag of ``make_data.py`` (``t<topic>_h<r>``); -1 for a generic hashtag
+    and for every hashtag of any other dataset."""
+    matches = [NAME.fullmatch(n) for n in ds.hashtag_names]
+    if not all(matches):
+        return np.full(len(matches), -1)
+    return np.array([int(m.group(2)) if m.group(2) else -1 for m in matches])
 
 
 def by_kind(ds: Dataset, split: Split, score, k: int) -> dict:
     """Hits in the top ``k`` by kind of positive, and what outranks the seen positives that miss (candidates
     and ranks as :func:`evaluation.evaluate` makes them)."""
     pairs = set(map(tuple, ds.train[:, [0, 2]].tolist()))
-    kind = kinds(ds)
+    kind, topic = kinds(ds), topics(ds)
     uses = torch.bincount(ds.train[:, 2], minlength=ds.num_hashtag)
     num_neg = split.negatives.size(1)
     hits: dict[str, list[int]] = {}
@@ -71,9 +84,12 @@ def by_kind(ds: Dataset, split: Split, score, k: int) -> dict:
             hits.setdefault(" ".join(x for x in (kind[h], "seen" if seen else "new") if x), []).append(hit)
             if seen and not hit:
                 misses += 1
+                line_topics = set(topic[cand[b][pos_mask[b]].numpy()].tolist()) - {-1}   # topics of its positives
                 for n in cand[b, :num_neg][scores[b, :num_neg] >= scores[b, j]].tolist():
                     n_seen = (user, n) in pairs
                     key = " ".join(x for x in (kind[n], "seen" if n_seen else "new") if x)
+                    if topic[n] >= 0:
+                        key += " (line's topic)" if topic[n] in line_topics else " (other topic)"
                     intruders[key] = intruders.get(key, 0) + 1
                     if not n_seen:
                         new_uses.append(int(uses[n]))

@@ -65,3 +65,46 @@ def test_kinds_only_for_the_generators_names(tiny):
     class Named:
         hashtag_names = ["t01_h0002", "gen_h0001", "travel_hike"]               # one name of someone's own data
     assert list(diagnose.kinds(Named)) == ["", "", ""]
+
+
+def _topic_scorer(tiny, favour_line_topics: bool):
+    """Scores 2 for every topical hashtag in (or, with ``favour_line_topics`` False, outside) the topics of the
+    line's positives, 1 for the line's positives, 0 for the rest: every seen positive with enough such
+    negatives misses, and only that kind of topical hashtag can outrank it."""
+    topic = torch.as_tensor(diagnose.topics(tiny))                                   # [H]
+    split = tiny.test
+    line_of_video = {int(v): i for i, v in enumerate(split.videos.tolist())}
+
+    def score(users, videos, cand):
+        out = torch.zeros(cand.shape)
+        for b, video in enumerate(videos.tolist()):
+            i = line_of_video[video]
+            pos = split.pos[split.pos_ptr[i]: split.pos_ptr[i + 1]]
+            line_topics = topic[pos][topic[pos] >= 0]
+            inside = torch.isin(topic[cand[b]], line_topics) & (topic[cand[b]] >= 0)
+            favoured = inside if favour_line_topics else ~inside & (topic[cand[b]] >= 0)
+            out[b] = torch.where(torch.isin(cand[b], pos), 1.0, 2.0 * favoured)
+        return out
+    return score
+
+
+@pytest.mark.parametrize("favour_line_topics", [True, False])
+def test_intruders_are_told_apart_by_the_topics_of_the_line(tiny, favour_line_topics):
+    diag = diagnose.by_kind(tiny, tiny.test, _topic_scorer(tiny, favour_line_topics), 10)
+    assert diag["misses"] > 0
+    topical = {key: c for key, c in diag["intruders"].items() if key.startswith("topical")}
+    wanted, unwanted = ("(line's topic)", "(other topic)")[:: 1 if favour_line_topics else -1]
+    assert topical and all(key.endswith(wanted) for key in topical)
+    assert not any(key.endswith(unwanted) for key in diag["intruders"])
+
+
+def test_topics_read_from_the_generators_names(tiny):
+    topic = diagnose.topics(tiny)
+    names = tiny.hashtag_names
+    assert all((t == -1) == n.startswith("gen_h") for t, n in zip(topic.tolist(), names))
+    assert all(int(n[1:n.index("_")]) == t for t, n in zip(topic.tolist(), names) if t >= 0)
+    assert len(set(topic.tolist()) - {-1}) > 1
+
+    class Named:
+        hashtag_names = ["t01_h0002", "travel_hike"]
+    assert diagnose.topics(Named).tolist() == [-1, -1]
