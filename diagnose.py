@@ -6,7 +6,7 @@ The README's diagnosis of GCN-PHR ("Does it learn?") rests on these three views 
    training) or *new*; on data from ``make_data.py`` it is also *generic* (a content-free ``gen_*`` hashtag)
    or *topical* (``t<k>_*``). For each kind: how many positives, and the share ranked in the top K of
    their line (ranked as the evaluation ranks them, ties against the positive). ``userpop`` is scored
-   beside the model.
+   beside the model. The same by how often the user used the positive in training (0, 1, 2, 3, 4 or more).
 2. **What outranks the seen positives the model misses**: per miss, how many negatives above it are
    seen / new for the user (and generic / topical; a topical one in a topic of the line's positives or in
    another topic), and how often the new ones were used in training.
@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import re
 import sys
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -39,6 +40,7 @@ from data_load import DataError, Dataset, Split, exit_status
 from recommend import open_run
 
 BATCH = 256  # lines scored at once
+MAX_USES = 4  # positives used this often or more by their user in training are counted together
 
 
 NAME = re.compile(r"(gen|t(\d+))_h\d+")  # hashtag names of make_data.py: gen_h<r> or t<topic>_h<r>
@@ -64,11 +66,13 @@ def topics(ds: Dataset) -> np.ndarray:
 def by_kind(ds: Dataset, split: Split, score, k: int) -> dict:
     """Hits in the top ``k`` by kind of positive, and what outranks the seen positives that miss (candidates
     and ranks as :func:`evaluation.evaluate` makes them)."""
-    pairs = set(map(tuple, ds.train[:, [0, 2]].tolist()))
+    pair_uses = Counter(map(tuple, ds.train[:, [0, 2]].tolist()))                 # (user, hashtag) -> rows
+    pairs = set(pair_uses)
     kind, topic = kinds(ds), topics(ds)
     uses = torch.bincount(ds.train[:, 2], minlength=ds.num_hashtag)
     num_neg = split.negatives.size(1)
     hits: dict[str, list[int]] = {}
+    by_uses: dict[int, list[int]] = {}
     intruders: dict[str, int] = {}
     new_uses: list[int] = []
     misses = 0
@@ -82,9 +86,10 @@ def by_kind(ds: Dataset, split: Split, score, k: int) -> dict:
             seen = (user, h) in pairs
             hit = rank <= k
             hits.setdefault(" ".join(x for x in (kind[h], "seen" if seen else "new") if x), []).append(hit)
+            by_uses.setdefault(min(pair_uses.get((user, h), 0), MAX_USES), []).append(hit)
             if seen and not hit:
                 misses += 1
-                line_topics = set(topic[cand[b][pos_mask[b]].numpy()].tolist()) - {-1}   # topics of its positives
+                line_topics = set(topic[cand[b][pos_mask[b]].cpu().numpy()].tolist()) - {-1}  # its positives'
                 for n in cand[b, :num_neg][scores[b, :num_neg] >= scores[b, j]].tolist():
                     n_seen = (user, n) in pairs
                     key = " ".join(x for x in (kind[n], "seen" if n_seen else "new") if x)
@@ -94,6 +99,7 @@ def by_kind(ds: Dataset, split: Split, score, k: int) -> dict:
                     if not n_seen:
                         new_uses.append(int(uses[n]))
     return {"hits": {name: (len(v), float(np.mean(v))) for name, v in sorted(hits.items())},
+            "by_uses": {uses: (len(v), float(np.mean(v))) for uses, v in sorted(by_uses.items())},
             "misses": misses, "intruders": {name: c / max(misses, 1) for name, c in sorted(intruders.items())},
             "new_intruder_uses": (float(np.mean(new_uses)), float(np.median(new_uses))) if new_uses else None}
 
@@ -137,6 +143,9 @@ def report(name: str, diag: dict, k: int) -> str:
     if diag["new_intruder_uses"]:
         mean, median = diag["new_intruder_uses"]
         rows.append(f"  training uses of the new ones above: mean {mean:.1f}, median {median:.0f}")
+    rows.append(f"  by the positive's training uses by its user (positives, share in the top {k}): "
+                + ", ".join(f"{uses}{'+' if uses == MAX_USES else ''}: {n} {share:.3f}"
+                            for uses, (n, share) in diag["by_uses"].items()))
     return "\n".join(rows)
 
 

@@ -27,6 +27,23 @@ def test_hits_by_kind_add_up_to_the_evaluations_hits(tiny, gcn_scorer):
     hits = sum(n * share for n, share in diag["hits"].values())
     assert hits == pytest.approx(float((per_line.double() * positives).sum()), abs=1e-6)
     assert sum(n for n, _ in diag["hits"].values()) == len(tiny.test.pos)
+    # the same positives by their user's training uses: the same hits, the new ones under 0 uses
+    assert sum(n * share for n, share in diag["by_uses"].values()) == pytest.approx(hits, abs=1e-6)
+    assert diag["by_uses"][0][0] == sum(n for kind, (n, _) in diag["hits"].items() if kind.endswith("new"))
+    assert set(diag["by_uses"]) <= set(range(diagnose.MAX_USES + 1)) and len(diag["by_uses"]) > 2
+
+
+def test_hits_by_uses_against_counting_by_hand(tiny):
+    with torch.no_grad():
+        diag = diagnose.by_kind(tiny, tiny.test, UserPopularity(tiny.train, tiny.graph).scorer(), 10)
+    split = tiny.test
+    positives = {}
+    for i in range(len(split)):
+        user = int(split.users[i])
+        for h in split.pos[split.pos_ptr[i]: split.pos_ptr[i + 1]].tolist():
+            uses = sum(1 for u, _, t in tiny.train.tolist() if u == user and t == h)
+            positives[min(uses, diagnose.MAX_USES)] = positives.get(min(uses, diagnose.MAX_USES), 0) + 1
+    assert {uses: n for uses, (n, _) in diag["by_uses"].items()} == positives
 
 
 def test_kinds_split_every_positive_and_userpop_never_finds_a_new_topical_one(tiny):
