@@ -67,7 +67,6 @@ def by_kind(ds: Dataset, split: Split, score, k: int) -> dict:
     """Hits in the top ``k`` by kind of positive, and what outranks the seen positives that miss (candidates
     and ranks as :func:`evaluation.evaluate` makes them)."""
     pair_uses = Counter(map(tuple, ds.train[:, [0, 2]].tolist()))                 # (user, hashtag) -> rows
-    pairs = set(pair_uses)
     kind, topic = kinds(ds), topics(ds)
     uses = torch.bincount(ds.train[:, 2], minlength=ds.num_hashtag)
     num_neg = split.negatives.size(1)
@@ -83,15 +82,16 @@ def by_kind(ds: Dataset, split: Split, score, k: int) -> dict:
         users = split.users[lines].tolist()
         for b, j, rank in zip(*(t.tolist() for t in evaluation.positive_ranks(scores, pos_mask, valid))):
             user, h = users[b], int(cand[b, j])
-            seen = (user, h) in pairs
+            times = pair_uses[user, h]                                                  # 0 when never used
+            seen = times > 0
             hit = rank <= k
             hits.setdefault(" ".join(x for x in (kind[h], "seen" if seen else "new") if x), []).append(hit)
-            by_uses.setdefault(min(pair_uses.get((user, h), 0), MAX_USES), []).append(hit)
+            by_uses.setdefault(min(times, MAX_USES), []).append(hit)
             if seen and not hit:
                 misses += 1
                 line_topics = set(topic[cand[b][pos_mask[b]].cpu().numpy()].tolist()) - {-1}  # its positives'
                 for n in cand[b, :num_neg][scores[b, :num_neg] >= scores[b, j]].tolist():
-                    n_seen = (user, n) in pairs
+                    n_seen = (user, n) in pair_uses
                     key = " ".join(x for x in (kind[n], "seen" if n_seen else "new") if x)
                     if topic[n] >= 0:
                         key += " (line's topic)" if topic[n] in line_topics else " (other topic)"
