@@ -6,6 +6,13 @@ Recall@10, checkpoints and evaluation are the ones of ``train.py``::
     python reproduce.py --budget quick                   # synthetic 'small' preset, CPU, about 30 min
     python reproduce.py --data instagram yfcc --tune     # the paper's settings, meant for a GPU
     python reproduce.py --data /path/to/instagram /path/to/yfcc --tune   # the authors' data (project format)
+    python reproduce.py --budget quick --groups ablations aggr_scoring layers --set num_epoch=300 \
+        --set patience=25 --gcn_set norm=pair --gcn_set hide_own=videos --gcn_set neg_per_row=32 \
+        --gcn_set weight_decay=0.01                      # the ablations with the recommended setting
+
+``--set`` gives every run a Config value; ``--gcn_set`` gives one to GCN-PHR and its variants only, so the
+baselines keep their own settings (and the homogeneous graph keeps ``norm=none``: PairNorm is defined on
+the pair graph's layers).
 
 Grid (one table per group; every GCN-PHR variant starts from the full model's settings)
 ---------------------------------------------------------------------------------------
@@ -129,7 +136,8 @@ BUDGETS = {
 @dataclass
 class Row:
     """One line of a table: a run directory (``run``, below the dataset) trained with ``settings`` and,
-    under ``--tune``, the learning rate and weight decay tuned for ``tune_as`` (None: untouched)."""
+    under ``--tune``, the learning rate and weight decay tuned for ``tune_as`` (None: untouched). A GCN-PHR
+    row also takes the ``--gcn_set`` values, unless ``release`` (the release's settings, as published)."""
 
     group: str
     name: str
@@ -137,6 +145,7 @@ class Row:
     settings: dict
     tune_as: str | None = "gcn_phr"
     run: str = ""
+    release: bool = False
 
     def __post_init__(self):
         self.run = self.run or f"{self.group}/{self.name}"
@@ -149,7 +158,8 @@ def grid_rows(groups, tune: bool) -> list[Row]:
     if "overall" in groups:
         rows += [Row("overall", m, LABELS[m], {"model_name": m}, None if m in UNTRAINED else m) for m in OVERALL]
         if tune:
-            rows.append(Row("overall", "gcn_phr_release", "GCN-PHR, release hyper-parameters", full, None))
+            rows.append(Row("overall", "gcn_phr_release", "GCN-PHR, release hyper-parameters", full, None,
+                            release=True))
     if "ablations" in groups:
         rows += [Row("ablations", "full", "GCN-PHR (full model)", full, run=FULL_RUN),
                  Row("ablations", "attention_off", "uniform attention (--attention off)",
@@ -159,7 +169,7 @@ def grid_rows(groups, tune: bool) -> list[Row]:
                  Row("ablations", "messages_hashtag", "no video messages (--messages hashtag)",
                      {**full, "messages": "hashtag"}),
                  Row("ablations", "graph_homogeneous", "plain GCN on a homogeneous graph (--graph homogeneous)",
-                     {**full, "graph": "homogeneous"})]
+                     {**full, "graph": "homogeneous", "norm": "none"})]   # PairNorm is for the pair graph
     if "aggr_scoring" in groups:
         for aggr in AGGRS:
             for scoring in SCORINGS:
@@ -219,17 +229,17 @@ def resolve_data(entries) -> dict[str, Path]:
     return out
 
 
-def parse_sets(items, tune: bool) -> dict:
-    """``--set FIELD=VALUE`` pairs, typed by the Config field."""
+def parse_sets(items, tune: bool, flag: str = "--set") -> dict:
+    """``--set`` (or ``flag``) ``FIELD=VALUE`` pairs, typed by the Config field."""
     types = {f.name: str(f.type) for f in fields(Config)}
     out = {}
     for item in items:
         name, sep, text = item.partition("=")
         if not sep or name not in types:
-            raise SystemExit(f"error: --set {item}: expected FIELD=VALUE with a Config field "
+            raise SystemExit(f"error: {flag} {item}: expected FIELD=VALUE with a Config field "
                              f"(python train.py --help lists them)")
         if name in GRID_FIELDS or (tune and name in ("l_r", "weight_decay")):
-            raise SystemExit(f"error: --set {item}: {name} is set by the grid{' and --tune' if tune else ''}")
+            raise SystemExit(f"error: {flag} {item}: {name} is set by the grid{' and --tune' if tune else ''}")
         kind = types[name]
         try:
             if kind == "bool":
@@ -239,13 +249,16 @@ def parse_sets(items, tune: bool) -> dict:
             else:
                 out[name] = {"int": int, "float": float, "str": str}[kind](text)
         except ValueError:
-            raise SystemExit(f"error: --set {item}: expected a value of type {kind}") from None
+            raise SystemExit(f"error: {flag} {item}: expected a value of type {kind}") from None
     return out
 
 
-def make_config(data: Path, job: Job, base: dict, tuned: dict) -> Config:
+def make_config(data: Path, job: Job, base: dict, tuned: dict, gcn: dict | None = None) -> Config:
+    """The run's Config: ``base`` (budget and ``--set``), the tuned or trial learning rate and weight decay,
+    ``gcn`` (``--gcn_set``) on a GCN-PHR row that is not the release's, then the row's own settings."""
     chosen = tuned.get(job.row.tune_as, {}) if job.row.tune_as else {}
-    values = {**base, **{k: chosen[k] for k in ("l_r", "weight_decay") if k in chosen}, **job.tuning,
+    own = gcn if gcn and job.row.settings.get("model_name") == "gcn_phr" and not job.row.release else {}
+    values = {**base, **{k: chosen[k] for k in ("l_r", "weight_decay") if k in chosen}, **job.tuning, **own,
               **job.row.settings, "data_path": str(data), "seed": job.seed}
     cfg = Config(**values)
     cfg.validate()
@@ -588,6 +601,11 @@ def build_parser() -> argparse.ArgumentParser:
                         help="tables to produce (default: all)")
     parser.add_argument("--set", dest="sets", action="append", default=[], metavar="FIELD=VALUE",
                         help="a Config value for every run, over the budget's (e.g. num_epoch=2); repeatable")
+    parser.add_argument("--gcn_set", dest="gcn_sets", action="append", default=[], metavar="FIELD=VALUE",
+                        help="a Config value for GCN-PHR and its variants only, over --set; the baselines and "
+                             "the release row of --tune keep theirs, the homogeneous graph keeps norm=none "
+                             "(e.g. the README's recommended setting: norm=pair, hide_own=videos, "
+                             "neg_per_row=32, weight_decay=0.01); repeatable")
     parser.add_argument("--jobs", type=int, default=1,
                         help="runs trained at once, in separate processes; 2 on a 2-core CPU with the quick "
                              "budget (default: 1)")
@@ -603,6 +621,7 @@ def main(argv=None) -> int:
         raise SystemExit(f"error: --seeds and --jobs: expected positive counts, got {args.seeds}, {args.jobs}")
     budget = BUDGETS[args.budget]
     base = {**budget.settings, **parse_sets(args.sets, args.tune)}
+    gcn = parse_sets(args.gcn_sets, args.tune, flag="--gcn_set")
     device = train.pick_device(args.device or budget.device, no_cuda=False)
     datasets = resolve_data(args.data or budget.data)
     seeds = range(args.seeds)
@@ -623,10 +642,10 @@ def main(argv=None) -> int:
             tuned: dict = {}
             for phase, jobs in (("tune", tune_jobs), ("grid", grid_jobs)):
                 todo = []
-                trials = {_key(make_config(data, job, base, tuned)): out / job.path for job in tune_jobs}
+                trials = {_key(make_config(data, job, base, tuned, gcn)): out / job.path for job in tune_jobs}
                 for job in jobs:
                     run_dir = out / job.path
-                    cfg = make_config(data, job, base, tuned)
+                    cfg = make_config(data, job, base, tuned, gcn)
                     trial = trials.get(_key(cfg)) if phase == "grid" else None
                     if (run_dir / "results.json").is_file():
                         check_same_config(run_dir, cfg)
@@ -650,7 +669,8 @@ def main(argv=None) -> int:
                     tuned = choose(out, jobs, args.budget)
             note = (f"Budget `{args.budget}`, seeds {', '.join(map(str, seeds))}, "
                     f"{'tuned l_r × weight_decay' if args.tune else 'Config defaults'}, "
-                    f"settings {json.dumps(base)}; test metrics at each run's best validation epoch, "
+                    f"settings {json.dumps(base)}{f', GCN-PHR also {json.dumps(gcn)}' if gcn else ''}; "
+                    "test metrics at each run's best validation epoch, "
                     "mean ± sample std over seeds.\n")
             reports.append(report(out, name, rows, seeds, note, tuned))
     for path in reports:

@@ -123,6 +123,29 @@ def test_set_values_are_checked(item, tune, message):
         "num_epoch": 2, "l_r": 0.5, "loss": "bpr"}
 
 
+RECOMMENDED = ["norm=pair", "hide_own=videos", "neg_per_row=32", "weight_decay=0.01"]
+
+
+def test_gcn_set_reaches_the_gcn_phr_rows_only(tmp_path):
+    gcn = reproduce.parse_sets(RECOMMENDED, tune=False, flag="--gcn_set")
+    rows = reproduce.grid_rows(reproduce.GROUPS, tune=True)
+    configs = {(r.group, r.name): reproduce.make_config(tmp_path, reproduce.Job("x", r, 0), {}, {}, gcn)
+               for r in rows}                                   # make_config validates each one
+    defaults = reproduce.Config()
+    for (_, name), cfg in configs.items():
+        knobs = (cfg.norm, cfg.hide_own, cfg.neg_per_row, cfg.weight_decay)
+        if cfg.model_name != "gcn_phr" or name == "gcn_phr_release":
+            assert knobs == (defaults.norm, defaults.hide_own, defaults.neg_per_row, defaults.weight_decay), name
+        elif name == "graph_homogeneous":
+            assert knobs == ("none", "videos", 32, 0.01)
+        else:
+            assert knobs == ("pair", "videos", 32, 0.01), name
+    assert configs["ablations", "attention_off"].attention == "off"   # the row's own setting still applies
+    assert sum(cfg.norm == "pair" for cfg in configs.values()) == 1 + 4 + 6 + 3  # overall, ablations, aggr, layers
+    with pytest.raises(SystemExit, match="error: --gcn_set model_name=mf: model_name is set by the grid"):
+        reproduce.parse_sets(["model_name=mf"], tune=False, flag="--gcn_set")
+
+
 def test_bad_set_choice_is_caught_by_config(tmp_path):
     job = reproduce.Job("x", reproduce.grid_rows(["overall"], tune=False)[0], 0)
     with pytest.raises(ValueError, match="--loss"):
