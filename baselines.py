@@ -312,7 +312,8 @@ class _PaperBaseline(Ranker):
     non-persistent buffers, the ``cfg.loss`` switch and the scorer.
 
     ``loss="native"`` calls :meth:`native_loss` (the original paper's loss); ``loss="bpr"`` is BPR on
-    the loop's (h⁺, h⁻) rows with the same :meth:`score` that evaluation uses. Subclasses implement
+    the loop's (h⁺, h⁻) rows (a row's K terms averaged with ``--neg_per_row K``) with the same :meth:`score`
+    that evaluation uses. Subclasses implement
     ``score(users [B], videos [B], cand [B, C]) -> [B, C]`` and ``native_loss(users, videos, pos)``.
     A video-level loss (ConTagNet, CSMN) is weighted 1/k_v per row, k_v = the video's training
     hashtags, so that an epoch over the training rows counts every training video once.
@@ -360,9 +361,9 @@ class _PaperBaseline(Ranker):
         raise NotImplementedError
 
     def loss(self, users, videos, pos, neg, rows):
-        if self.cfg.loss == "bpr":
-            s = self.score(users, videos, torch.stack([pos, neg], dim=1))              # [B, 2]
-            return bpr_loss(s[:, 0], s[:, 1])
+        if self.cfg.loss == "bpr":                                                     # neg [B] or [B, K]
+            s = self.score(users, videos, torch.cat([pos[:, None], neg.view(pos.numel(), -1)], dim=1))  # [B, 1+K]
+            return bpr_loss(s[:, 0], s[:, 1:] if neg.dim() == 2 else s[:, 1])
         return self.native_loss(users, videos, pos)
 
     def scorer(self) -> ScoreFn:

@@ -31,6 +31,7 @@ AllScoreFn = Callable[[Tensor, Tensor], Tensor]
 
 
 MULTI_NEGATIVE = ("gcn_phr", "released", "content", "mf")  # BPR models whose loss takes [B, K] negatives
+PAPER_BASELINE_NAMES = ("utm", "contagnet", "csmn", "ushm")  # baselines.py; [B, K] negatives with --loss bpr
 
 
 def _opt(default, help: str, **kw):
@@ -92,8 +93,9 @@ class Config:
                          "training video is as new to the graph as a test video)",
                          choices=("none", "rows", "videos"))
     neg_per_row: int = _opt(1, "negatives drawn per training row each epoch; BPR averages a row's terms "
-                            "(1 = the paper); more negatives show each user the popular hashtags it does not "
-                            "use more often, without changing their distribution")
+                            "(1 = the paper; the paper's baselines take more with --loss bpr only); more "
+                            "negatives show each user the popular hashtags it does not use more often, "
+                            "without changing their distribution")
     dropout: float = _opt(0.0, "dropout on node and video representations before scoring")
     norm: str = _opt("none", "normalisation of GCN-PHR's user and hashtag representations after every "
                      "aggregation layer: none (the paper); pair = PairNorm (centre over the nodes of each type, "
@@ -146,9 +148,11 @@ class Config:
         if self.norm != "none" and (self.model_name != "gcn_phr" or self.graph != "pairs"):
             raise ValueError(f"--norm {self.norm}: normalises GCN-PHR's pair-graph layers, expected "
                              f"--model_name gcn_phr --graph pairs, got {self.model_name!r}, {self.graph!r}")
-        if self.neg_per_row > 1 and self.model_name not in MULTI_NEGATIVE:
-            raise ValueError(f"--neg_per_row {self.neg_per_row}: expected 1 for {self.model_name!r} (more "
-                             f"negatives per row are for the BPR models {', '.join(MULTI_NEGATIVE)})")
+        many = self.model_name in MULTI_NEGATIVE or (self.model_name in PAPER_BASELINE_NAMES and self.loss == "bpr")
+        if self.neg_per_row > 1 and not many:
+            raise ValueError(f"--neg_per_row {self.neg_per_row}: expected 1 for {self.model_name!r} with its "
+                             f"native loss (more negatives per row are for the BPR models "
+                             f"{', '.join(MULTI_NEGATIVE)} and for a paper baseline with --loss bpr)")
         if self.hide_own != "none" and self.model_name != "gcn_phr":
             raise ValueError(f"--hide_own {self.hide_own}: hides edges of GCN-PHR's graph, expected "
                              f"--model_name gcn_phr, got {self.model_name!r}")

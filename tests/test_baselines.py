@@ -15,9 +15,9 @@ from conftest import training_batch as _batch
 
 import train
 from baselines import CSMN, ConTagNet, tfidf_context, warp_loss, warp_rank_weight
-from model import Config, bpr_loss
+from model import PAPER_BASELINE_NAMES, Config, bpr_loss
 
-NAMES = ("utm", "contagnet", "csmn", "ushm")
+NAMES = PAPER_BASELINE_NAMES
 LOSSES = ("native", "bpr")
 
 
@@ -106,6 +106,10 @@ def test_bpr_uses_the_evaluation_scores(tiny, name):
     with torch.no_grad():
         expected = bpr_loss(score(users, videos, pos[:, None])[:, 0], score(users, videos, neg[:, None])[:, 0])
         torch.testing.assert_close(model.loss(users, videos, pos, neg, rows), expected)
+        several = torch.stack([neg, neg.roll(1), neg.roll(2)], dim=1)                    # [B, 3] (--neg_per_row 3)
+        s_pos = score(users, videos, pos[:, None])[:, 0]
+        by_column = sum(bpr_loss(s_pos, score(users, videos, several[:, k:k + 1])[:, 0]) for k in range(3)) / 3
+        torch.testing.assert_close(model.loss(users, videos, pos, several, rows), by_column)
 
 
 def test_utm_warp_uses_the_evaluation_scores(tiny):

@@ -159,7 +159,10 @@ def test_bpr_over_several_negatives_averages_a_rows_terms(tiny):
         same_k = model.loss(users, videos, pos_tags, neg_tags.unsqueeze(1).expand(-1, 3), rows)
         torch.testing.assert_close(one, same_k)
     with pytest.raises(ValueError, match="neg_per_row"):
-        Config(model_name="utm", neg_per_row=4).validate()
+        Config(model_name="utm", neg_per_row=4).validate()           # UTM's own WARP loss draws its own
+    with pytest.raises(ValueError, match="neg_per_row"):
+        Config(model_name="userpop", loss="bpr", neg_per_row=4).validate()
+    Config(model_name="contagnet", loss="bpr", neg_per_row=4).validate()
 
 
 def test_popularity_share_shifts_negatives_to_popular_hashtags(tiny):
