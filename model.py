@@ -95,7 +95,9 @@ class Config:
     neg_per_row: int = _opt(1, "negatives drawn per training row each epoch; BPR averages a row's terms "
                             "(1 = the paper; the paper's baselines take more with --loss bpr only); more "
                             "negatives show each user the popular hashtags it does not use more often, "
-                            "without changing their distribution")
+                            "without changing their distribution. 0 = every hashtag (GCN-PHR and released): "
+                            "a row's term is then the exact expectation of BPR over the negative distribution, "
+                            "the paper's loss without sampling noise")
     dropout: float = _opt(0.0, "dropout on node and video representations before scoring")
     norm: str = _opt("none", "normalisation of GCN-PHR's user and hashtag representations after every "
                      "aggregation layer: none (the paper); pair = PairNorm (centre over the nodes of each type, "
@@ -129,7 +131,7 @@ class Config:
             if choices and getattr(self, f.name) not in choices:
                 raise ValueError(f"--{f.name}: expected one of {choices}, got {getattr(self, f.name)!r}")
         positive = ("l_r", "batch_size", "dim_latent", "num_epoch", "num_layers", "num_heads",
-                    "eval_batch_size", "num_workers", "neg_per_row")
+                    "eval_batch_size", "num_workers")
         for name in positive:
             if getattr(self, name) <= 0:
                 raise ValueError(f"--{name}: expected a positive value, got {getattr(self, name)}")
@@ -148,6 +150,14 @@ class Config:
         if self.norm != "none" and (self.model_name != "gcn_phr" or self.graph != "pairs"):
             raise ValueError(f"--norm {self.norm}: normalises GCN-PHR's pair-graph layers, expected "
                              f"--model_name gcn_phr --graph pairs, got {self.model_name!r}, {self.graph!r}")
+        if self.neg_per_row < 0:
+            raise ValueError(f"--neg_per_row: expected a positive count or 0 (every hashtag), got {self.neg_per_row}")
+        if self.neg_per_row == 0 and (self.model_name not in ("gcn_phr", "released") or self.num_neigh
+                                      or self.neg_user_share > 0):
+            raise ValueError("--neg_per_row 0 (every hashtag as negative): expected --model_name gcn_phr or "
+                             "released, on the whole graph (--num_neigh 0), with --neg_user_share 0; got "
+                             f"{self.model_name!r}, --num_neigh {self.num_neigh}, "
+                             f"--neg_user_share {self.neg_user_share}")
         many = self.model_name in MULTI_NEGATIVE or (self.model_name in PAPER_BASELINE_NAMES and self.loss == "bpr")
         if self.neg_per_row > 1 and not many:
             raise ValueError(f"--neg_per_row {self.neg_per_row}: expected 1 for {self.model_name!r} with its "
@@ -307,22 +317,25 @@ class UserScorer(nn.Module):
 
     @torch.no_grad()
     def score_all(self, user: Tensor, video: Tensor, of_line: Tensor, tag_part: Tensor) -> Tensor:
-        """Evaluation path of :meth:`forward` with every hashtag as candidate (no gradient): the hashtag
-        side (:meth:`tag_side`) is computed once per distinct user, then each user's lines are scored by
-        one matrix product ``v̄ [n, d] @ h̄ᵀ [d, H]``.
+        """Evaluation path of :meth:`forward` with every hashtag as candidate: :meth:`all_tags` without
+        gradient."""
+        return self.all_tags(user, video, of_line, tag_part)
+
+    def all_tags(self, user: Tensor, video: Tensor, of_line: Tensor, tag_part: Tensor) -> Tensor:
+        """:meth:`forward` with every hashtag as candidate: the hashtag side (:meth:`tag_side`) is computed
+        once per distinct user, then each user's lines are scored by one matrix product ``v̄ [n, d] @ h̄ᵀ [d, H]``.
 
         Shapes: user [G, d] (the distinct users), video [B, d], of_line [B] (each line's row of ``user``),
         tag_part [H, d] (:meth:`tag_part` of every hashtag) → [B, H]
         """
         v_bar = self.video_side(user[of_line], video)                           # [B, d]
-        out = v_bar.new_empty(video.size(0), tag_part.size(0))                  # [B, H]
         order = torch.argsort(of_line, stable=True)                             # lines grouped by user
         counts = torch.bincount(of_line, minlength=user.size(0)).tolist()       # [G]
-        for row, lines in zip(user, torch.split(order, counts)):
-            if lines.numel():
-                h_bar = self.tag_side(row, tag_part)                            # [H, d], once per user
-                out.index_copy_(0, lines, v_bar.index_select(0, lines) @ h_bar.t())   # [n, H]
-        return out
+        parts = [v_bar.index_select(0, lines) @ self.tag_side(row, tag_part).t()   # [n, H], h̄ once per user
+                 for row, lines in zip(user, torch.split(order, counts)) if lines.numel()]
+        if not parts:
+            return v_bar.new_empty(0, tag_part.size(0))
+        return torch.cat(parts)[torch.argsort(order)]                           # [B, H] back in line order
 
     def __repr__(self) -> str:
         return f"{self.__class__.__name__}({self.dim}, mode={self.mode!r})"
@@ -358,6 +371,14 @@ class _GraphRanker(Ranker):
         row_video = torch.empty_like(graph.row_pair)
         row_video[graph.pv_row] = graph.pv_video
         self.register_buffer("row_video", row_video, persistent=False)  # [R] video of each training row
+        if cfg.neg_per_row == 0:                                        # every hashtag as negative
+            row_tag = graph.pair_hashtag[graph.row_pair]                # [R]
+            count = torch.bincount(row_tag, minlength=graph.num_hashtag).double()
+            seen = (count > 0).double()                                 # the sampler's distribution, train.py
+            prob = (1 - cfg.neg_pop_share) * seen / seen.sum() + cfg.neg_pop_share * count / count.sum()
+            self.register_buffer("neg_prob", prob.float(), persistent=False)   # [H]
+            keys = torch.unique(row_video * graph.num_hashtag + row_tag)       # sorted (video, hashtag) keys
+            self.register_buffer("video_tag_keys", keys, persistent=False)
 
     def reset_parameters(self) -> None:
         nn.init.xavier_uniform_(self.user_emb)
@@ -398,11 +419,32 @@ class _GraphRanker(Ranker):
         return self.propagate(hidden_rows)
 
     def loss(self, users, videos, pos, neg, rows):
+        if self.cfg.neg_per_row == 0:
+            return self.loss_all(users, videos, pos, rows)
         reps = self.batch_reps(users, torch.cat([pos, neg.flatten()]), self.hidden_rows(videos, rows))
         u, v = reps.user[users], reps.video[videos]                    # [B, d]
         s_pos = self.scoring(u, v, reps.tag[pos])                       # [B]
         s_neg = self.scoring(u, v, reps.tag[neg])                       # [B] or [B, K]
         return bpr_loss(s_pos, s_neg)
+
+    def loss_all(self, users: Tensor, videos: Tensor, pos: Tensor, rows: Tensor) -> Tensor:
+        r"""BPR against every hashtag (``--neg_per_row 0``): a row's term is
+        :math:`\sum_h q_h \, [-\ln\sigma(s^+ - s_h)] / \sum_h q_h` over the hashtags not on the row's video,
+        with q the distribution the sampler draws from (uniform over training hashtags, or with
+        ``--neg_pop_share``): the expectation of the paper's one-negative term, without its sampling noise.
+        Costs one score per (row, hashtag) and a ``[G, H, d]`` hashtag side for the G users of a batch.
+        Shapes: users, videos, pos, rows [B] → scalar (summed over the rows)."""
+        reps = self.propagate(self.hidden_rows(videos, rows))
+        distinct, of_line = torch.unique(users, return_inverse=True)   # [G], [B]
+        tag_part = self.scoring.tag_part(reps.tag)                      # [H, d]
+        scores = self.scoring.all_tags(reps.user[distinct], reps.video[videos], of_line, tag_part)  # [B, H]
+        scores = scores.to(torch.promote_types(scores.dtype, torch.float32))
+        num_tag = scores.size(1)
+        keys = videos.unsqueeze(1) * num_tag + torch.arange(num_tag, device=videos.device)          # [B, H]
+        at = torch.searchsorted(self.video_tag_keys, keys).clamp_(max=self.video_tag_keys.numel() - 1)
+        weight = self.neg_prob.expand_as(scores).masked_fill(self.video_tag_keys[at] == keys, 0.0)  # [B, H]
+        terms = -F.logsigmoid(scores.gather(1, pos.unsqueeze(1)) - scores)                          # [B, H]
+        return ((terms * weight).sum(1) / weight.sum(1).clamp_min(1e-12)).sum()
 
     def scorer(self) -> ScoreFn:
         reps = self.propagate()

@@ -321,7 +321,8 @@ def _run(cfg: Config, out: Path, device: torch.device, allow_pickle: bool, progr
     for epoch in range(first, last_epoch + 1):
         t0 = time.time()
         model.train()
-        neg = sampler.sample().to(device)                                        # [R], the same in every process
+        neg = (sampler.sample() if cfg.neg_per_row else                          # [R] or [R, K], the same in
+               torch.empty(len(ds.train), 0, dtype=torch.long)).to(device)       # every process; [R, 0]: all
         order = torch.randperm(len(ds.train), generator=gen).to(device)          # [R]
         total = 0.0
         batches = order.split(cfg.batch_size)

@@ -93,6 +93,44 @@ def test_scorer_matches_loss_path(tiny, graph):
     torch.testing.assert_close(direct, via_eval)
 
 
+@pytest.mark.parametrize("name,pop_share,graph", [("gcn_phr", 0.0, "pairs"), ("gcn_phr", 0.5, "pairs"),
+                                                   ("released", 0.0, "pairs"), ("gcn_phr", 0.0, "homogeneous")])
+def test_every_hashtag_loss_is_bpr_averaged_over_the_negative_distribution(tiny, name, pop_share, graph):
+    # --neg_per_row 0: each row's BPR term averaged over every hashtag not on its video, weighted by the
+    # sampler's distribution; computed here row by row and hashtag by hashtag with the model's scoring
+    torch.manual_seed(0)
+    model = train.build_model(_cfg(model_name=name, neg_per_row=0, neg_pop_share=pop_share, graph=graph),
+                              tiny).eval()
+    users, videos, pos, _, rows = _batch(tiny, n=12)
+    count = torch.bincount(tiny.train[:, 2], minlength=tiny.num_hashtag).double()
+    q = (1 - pop_share) * (count > 0).double() / (count > 0).sum() + pop_share * count / count.sum()   # [H]
+    H = tiny.num_hashtag
+    with torch.no_grad():
+        reps = model.propagate()
+        expected = 0.0
+        for u, v, h in zip(users.tolist(), videos.tolist(), pos.tolist()):
+            on_video = set(tiny.train[tiny.train[:, 1] == v, 2].tolist())
+            negs = [g for g in range(H) if g not in on_video]
+            s = model.scoring(reps.user[u].expand(H, -1), reps.video[v].expand(H, -1), reps.tag).double()  # [H]
+            terms = -F.logsigmoid(s[h] - s[negs])
+            expected += (terms * q[negs]).sum() / q[negs].sum()
+        got = model.loss(users, videos, pos, torch.empty(len(users), 0, dtype=torch.long), rows)
+    torch.testing.assert_close(got.double(), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_every_hashtag_loss_trains_and_is_refused_where_it_does_not_apply(tiny, tmp_path):
+    cfg = _cfg(neg_per_row=0, num_epoch=3, batch_size=64, l_r=0.01, num_workers=1, weight_decay=0.0)
+    result = train.run(cfg, tmp_path / "run", torch.device("cpu"), progress=False, log=lambda *a: None)
+    losses = [float(line.split(",")[1]) for line in (tmp_path / "run" / "metrics.csv").read_text().splitlines()[1:]]
+    assert len(losses) == 3 and losses[-1] < losses[0]
+    assert result["test"]["recall@10"] > 0
+    for bad in ({"model_name": "mf"}, {"num_neigh": 4}, {"neg_user_share": 0.1}):
+        with pytest.raises(ValueError, match="neg_per_row 0"):
+            Config(neg_per_row=0, **bad).validate()
+    with pytest.raises(ValueError, match="neg_per_row"):
+        Config(neg_per_row=-1).validate()
+
+
 def test_hidden_rows_equal_a_graph_without_them(tiny):
     # hiding a batch's rows during propagation = propagating a graph built without those rows
     torch.manual_seed(0)
