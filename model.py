@@ -205,6 +205,15 @@ class Ranker(nn.Module):
         return None
 
 
+def negative_distribution(row_tags: Tensor, num_hashtag: int, pop_share: float) -> Tensor:
+    """``[H]`` float64 probabilities the training negatives are drawn with: uniform over the hashtags of the
+    training rows ``row_tags`` ``[R]`` (the paper), mixed with a ``pop_share`` drawn in proportion to their
+    training counts (``--neg_pop_share``)."""
+    count = torch.bincount(row_tags, minlength=num_hashtag).double()            # [H]
+    seen = (count > 0).double()
+    return (1 - pop_share) * seen / seen.sum() + pop_share * count / count.sum()
+
+
 def bpr_loss(pos_score: Tensor, neg_score: Tensor) -> Tensor:
     """−Σ ln σ(s⁺ − s⁻), with the numerically stable log-sigmoid (SPEC §3), summed over the rows.
 
@@ -373,9 +382,7 @@ class _GraphRanker(Ranker):
         self.register_buffer("row_video", row_video, persistent=False)  # [R] video of each training row
         if cfg.neg_per_row == 0:                                        # every hashtag as negative
             row_tag = graph.pair_hashtag[graph.row_pair]                # [R]
-            count = torch.bincount(row_tag, minlength=graph.num_hashtag).double()
-            seen = (count > 0).double()                                 # the sampler's distribution, train.py
-            prob = (1 - cfg.neg_pop_share) * seen / seen.sum() + cfg.neg_pop_share * count / count.sum()
+            prob = negative_distribution(row_tag, graph.num_hashtag, cfg.neg_pop_share)   # as train.py draws
             self.register_buffer("neg_prob", prob.float(), persistent=False)   # [H]
             keys = torch.unique(row_video * graph.num_hashtag + row_tag)       # sorted (video, hashtag) keys
             self.register_buffer("video_tag_keys", keys, persistent=False)

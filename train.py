@@ -47,7 +47,7 @@ import ddp
 import evaluation
 from baselines import PAPER_BASELINES, ContentModel, MatrixFactorization, NeighbourVoting, Popularity, UserPopularity
 from data_load import DataError, Dataset, PairGraph, load_dataset, write_json_atomic
-from model import GCNPHR, Config, HomogeneousGCN, Ranker, ReleasedGCN
+from model import GCNPHR, Config, HomogeneousGCN, Ranker, ReleasedGCN, negative_distribution
 
 DEFAULT_PRESET = "small"
 LAST, BEST = "last.pt", "best.pt"
@@ -156,9 +156,7 @@ class NegativeSampler:
                  per_row: int = 1, user_share: float = 0.0, graph: PairGraph | None = None):
         if user_share > 0 and graph is None:
             raise ValueError("NegativeSampler: user_share > 0 needs the pair graph of the training rows")
-        count = torch.bincount(train[:, 2], minlength=num_hashtag).double()       # [H]
-        seen = (count > 0).double()
-        self.prob = (1 - pop_share) * seen / seen.sum() + pop_share * count / count.sum()   # [H]
+        self.prob = negative_distribution(train[:, 2], num_hashtag, pop_share)     # [H]
         self.num_hashtag = num_hashtag
         self.users, self.videos = train[:, 0], train[:, 1]
         self.own = torch.unique(train[:, 1] * num_hashtag + train[:, 2])         # sorted (video, tag) keys
