@@ -363,7 +363,7 @@ class _PaperBaseline(Ranker):
     def loss(self, users, videos, pos, neg, rows):
         if self.cfg.loss == "bpr":                                                     # neg [B] or [B, K]
             s = self.score(users, videos, torch.cat([pos[:, None], neg.view(pos.numel(), -1)], dim=1))  # [B, 1+K]
-            return bpr_loss(s[:, 0], s[:, 1:] if neg.dim() == 2 else s[:, 1])
+            return bpr_loss(s[:, 0], s[:, 1:])                                        # one negative: a mean of one
         return self.native_loss(users, videos, pos)
 
     def scorer(self) -> ScoreFn:
