@@ -1,6 +1,6 @@
 """Where a trained ranker wins and loses on a validation or test split, next to ``userpop``.
 
-The README's diagnosis of GCN-PHR ("Does it learn?") rests on these three views of a run:
+The diagnosis of GCN-PHR (README "Does it learn?", docs/RESULTS.md) rests on these three views of a run:
 
 1. **Hits by kind of positive.** Every positive of every line is *seen* (its user used that hashtag in
    training) or *new*; on data from ``make_data.py`` it is also *generic* (a content-free ``gen_*`` hashtag)

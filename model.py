@@ -87,7 +87,7 @@ class Config:
     neg_user_share: float = _opt(0.0, "share of training negatives drawn from the hashtags the row's user used in "
                                  "training (uniform over her distinct hashtags; never those of the row's video), to "
                                  "ask which of her own hashtags fit this video (0 = the paper's draw; on 'small' any "
-                                 "share hurts, README: 'Does it learn?')")
+                                 "share hurts, docs/RESULTS.md)")
     hide_own: str = _opt("none", "what a training batch hides from its own message passing: none (the "
                          "release), rows (the batch's rows), videos (every edge of the batch's videos, so a "
                          "training video is as new to the graph as a test video)",
