@@ -23,6 +23,7 @@ Usage::
     python bench.py yfcc --threads 2 --out bench.json
     python bench.py --data_path data/mine --device cuda --amp
     python bench.py tiny --steps 10 --model gcn_phr   # seconds
+    python bench.py instagram --model gcn_phr --train_flags "--norm pair --hide_own videos --neg_per_row 0"
 
 Prints a table and writes the figures as JSON (``--out``). Timings on a shared machine are noisy:
 medians are reported with every run, and the load average before and after.
@@ -35,10 +36,12 @@ import json
 import math
 import os
 import resource
+import shlex
 import statistics
 import subprocess
 import sys
 import time
+from dataclasses import fields, replace
 from pathlib import Path
 
 import torch
@@ -106,6 +109,21 @@ def bench_load(path: Path, repeats: int) -> tuple[dict, Dataset]:
     return summary(runs), ds
 
 
+def _raise(message: str):
+    raise ValueError(message)
+
+
+def train_config(args, name: str) -> Config:
+    """The ``Config`` of a timed training step: ``train.py``'s flags given in ``--train_flags`` (the faithful
+    defaults otherwise), then the model, batch size and autocast of the bench."""
+    parser = train.build_parser()
+    parser.error = _raise                                         # a bad flag is a ValueError, not an exit
+    flags = parser.parse_args(shlex.split(args.train_flags))
+    cfg = replace(train.config_from_args(flags), model_name=name, batch_size=args.batch_size, amp=args.amp)
+    cfg.validate()
+    return cfg
+
+
 def make_step(cfg: Config, ds: Dataset, device: torch.device):
     """The model, built as ``train.py`` builds it, and a function running one training step of ``train.py``
     on the next batch."""
@@ -114,8 +132,12 @@ def make_step(cfg: Config, ds: Dataset, device: torch.device):
     model.train()
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.l_r, weight_decay=cfg.weight_decay)
     gen = torch.Generator().manual_seed(cfg.seed)
-    sampler = train.NegativeSampler(ds.train, ds.num_hashtag, cfg.neg_pop_share, gen)
-    sample_s, neg = timed(sampler.sample, torch.device("cpu"))
+    sampler = train.NegativeSampler(ds.train, ds.num_hashtag, cfg.neg_pop_share, gen, cfg.neg_per_row,
+                                    cfg.neg_user_share, ds.graph)
+    if cfg.neg_per_row:                                           # [R] or [R, K], drawn as train.py draws them
+        sample_s, neg = timed(sampler.sample, torch.device("cpu"))
+    else:                                                         # [R, 0]: every hashtag (Config.neg_per_row)
+        sample_s, neg = 0.0, torch.empty(len(ds.train), 0, dtype=torch.long)
     neg = neg.to(device)
     order = torch.randperm(len(ds.train), generator=gen).to(device)
     batches = order.split(cfg.batch_size)
@@ -151,7 +173,7 @@ def make_dense(features: torch.Tensor, dim: int, device: torch.device, amp: bool
 
 
 def bench_training(name: str, args, ds: Dataset, features: torch.Tensor, device: torch.device) -> dict:
-    cfg = Config(model_name=name, batch_size=args.batch_size, amp=args.amp)
+    cfg = train_config(args, name)
     model, step, steps_per_epoch, sample_s = make_step(cfg, ds, device)
     dense = make_dense(features, cfg.dim_latent, device, args.amp)
     for _ in range(args.warmup):
@@ -164,7 +186,9 @@ def bench_training(name: str, args, ds: Dataset, features: torch.Tensor, device:
     step_s, dense_s = statistics.median(step_runs), statistics.median(dense_runs)
     out = {"step_s": summary(step_runs), "dense_s": summary(dense_runs), "step_over_dense": step_s / dense_s,
            "steps_per_epoch": steps_per_epoch, "negatives_s": sample_s,
-           "epoch_train_s": steps_per_epoch * step_s + sample_s}
+           "epoch_train_s": steps_per_epoch * step_s + sample_s,
+           "config": {f.name: getattr(cfg, f.name) for f in fields(Config)     # what differs from the defaults
+                      if getattr(cfg, f.name) != f.default}}
     del model
     return out
 
@@ -231,7 +255,7 @@ def measure_peak(mode: str, args, data: Path) -> dict:
     fresh Python process so neither sees the other's high-water mark."""
     cmd = [sys.executable, str(Path(__file__).resolve()), "--data_path", str(data), "--device", args.device,
            "--batch_size", str(args.batch_size), "--eval_batch_size", str(args.eval_batch_size),
-           "--steps", str(min(args.steps, 3)), "--peak", mode]
+           "--steps", str(min(args.steps, 3)), "--train_flags", args.train_flags, "--peak", mode]
     if args.threads:
         cmd += ["--threads", str(args.threads)]
     if args.amp:
@@ -246,8 +270,7 @@ def run_peak(mode: str, args, data: Path, device: torch.device) -> None:
     """The body of a ``--peak`` subprocess: do the work, print one JSON line."""
     ds = load_dataset(data)
     if mode == "train":
-        cfg = Config(model_name="gcn_phr", batch_size=args.batch_size, amp=args.amp)
-        _, step, _, _ = make_step(cfg, ds, device)
+        _, step, _, _ = make_step(train_config(args, "gcn_phr"), ds, device)
         for _ in range(args.steps):
             step()
     else:
@@ -355,6 +378,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--ref_lines", type=int, default=200, help="lines ranked by the one-line-at-a-time reference")
     parser.add_argument("--load_repeats", type=int, default=3, help="dataset loads timed (median)")
     parser.add_argument("--amp", action="store_true", help="bf16 autocast of the training step (Config.amp)")
+    parser.add_argument("--train_flags", default="", metavar="FLAGS",
+                        help="train.py flags of the timed training steps, in one quoted string, e.g. "
+                             "\"--norm pair --hide_own videos --neg_per_row 0\" (default: the paper's setting)")
     parser.add_argument("--no_memory", action="store_true", help="skip the peak-memory subprocesses")
     parser.add_argument("--out", default="bench.json", help="JSON output ('' for none)")
     parser.add_argument("--peak", choices=("train", "eval"), help=argparse.SUPPRESS)
@@ -382,6 +408,12 @@ def main(argv=None) -> int:
         print(f"error: --model expects names among {MODELS} and --steps ≥ 1, got {args.model!r}, {args.steps}",
               file=sys.stderr)
         return 2
+    try:
+        for name in models if not args.peak else ("gcn_phr",):
+            train_config(args, name)
+    except ValueError as err:
+        print(f"error: --train_flags {args.train_flags!r}: {err}", file=sys.stderr)
+        return 2
     if args.threads:
         torch.set_num_threads(args.threads)
     data = resolve_data(args)
@@ -399,6 +431,7 @@ def main(argv=None) -> int:
     report["dataset"] = {"path": str(data), "name": data.name, "num_user": ds.num_user, "num_hashtag": ds.num_hashtag,
                          "num_video": ds.num_video, "train_rows": len(ds.train), "val_lines": len(ds.val),
                          "test_lines": len(ds.test), "feature_dim": ds.feature_dim, "feature_bytes": feature_bytes}
+    report["train_flags"] = args.train_flags
     report["train"] = {name: bench_training(name, args, ds, features, device) for name in models}
     if "gcn_phr" in models:
         report["eval"] = bench_eval(args, ds, features, device)

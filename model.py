@@ -19,6 +19,7 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 from torch_geometric.nn import GCNConv
 
 from data_load import IdSpace, PairGraph
@@ -31,6 +32,9 @@ AllScoreFn = Callable[[Tensor, Tensor], Tensor]
 
 
 MULTI_NEGATIVE = ("gcn_phr", "released", "content", "mf")  # BPR models whose loss takes [B, K] negatives
+# --neg_per_row 0: the most (user, hashtag, d) elements of the hashtag side one step keeps for its backward;
+# beyond it the batch's users are taken in groups and each group's scores are recomputed in the backward
+ALL_TAGS_MAX_ELEMENTS = 2 ** 26
 PAPER_BASELINE_NAMES = ("utm", "contagnet", "csmn", "ushm")  # baselines.py; [B, K] negatives with --loss bpr
 
 
@@ -434,17 +438,44 @@ class _GraphRanker(Ranker):
         s_neg = self.scoring(u, v, reps.tag[neg])                       # [B] or [B, K]
         return bpr_loss(s_pos, s_neg)
 
-    def loss_all(self, users: Tensor, videos: Tensor, pos: Tensor, rows: Tensor) -> Tensor:
+    def loss_all(self, users: Tensor, videos: Tensor, pos: Tensor, rows: Tensor,
+                 max_elements: int = ALL_TAGS_MAX_ELEMENTS) -> Tensor:
         r"""BPR against every hashtag (``--neg_per_row 0``): a row's term is
         :math:`\sum_h q_h \, [-\ln\sigma(s^+ - s_h)] / \sum_h q_h` over the hashtags not on the row's video,
         with q the distribution the sampler draws from (uniform over training hashtags, or with
         ``--neg_pop_share``): the expectation of the paper's one-negative term, without its sampling noise.
-        Costs one score per (row, hashtag) and a ``[G, H, d]`` hashtag side for the G users of a batch.
+
+        Costs one score per (row, hashtag) and a ``[G, H, d]`` hashtag side for the G users of a batch. When
+        G·H·d exceeds ``max_elements``, the users are taken in groups of at most ``max_elements / (H d)`` and
+        each group is checkpointed (``torch.utils.checkpoint``): its hashtag side is recomputed in the
+        backward instead of kept, so memory stays at one group's, for one more forward pass of the scorer.
+        The loss and its gradients are the same up to float summation order.
+
         Shapes: users, videos, pos, rows [B] → scalar (summed over the rows)."""
         reps = self.propagate(self.hidden_rows(videos, rows))
         distinct, of_line = torch.unique(users, return_inverse=True)   # [G], [B]
         tag_part = self.scoring.tag_part(reps.tag)                      # [H, d]
-        scores = self.scoring.all_tags(reps.user[distinct], reps.video[videos], of_line, tag_part)  # [B, H]
+        user, video = reps.user[distinct], reps.video[videos]           # [G, d], [B, d]
+        group = max(1, max_elements // tag_part.numel())                # users per group
+        if distinct.numel() <= group:
+            return self._bpr_all_tags(user, video, of_line, tag_part, videos, pos)
+        order = torch.argsort(of_line, stable=True)                     # lines grouped by user
+        ends = torch.bincount(of_line, minlength=distinct.numel()).cumsum(0).tolist()   # [G]
+        total = video.new_zeros(())
+        for first in range(0, distinct.numel(), group):
+            last = min(first + group, distinct.numel())
+            lines = order[(ends[first - 1] if first else 0): ends[last - 1]]            # lines of these users
+            total = total + checkpoint(self._bpr_all_tags, user[first:last], video[lines], of_line[lines] - first,
+                                       tag_part, videos[lines], pos[lines], use_reentrant=False)
+        return total
+
+    def _bpr_all_tags(self, user: Tensor, video: Tensor, of_line: Tensor, tag_part: Tensor, videos: Tensor,
+                      pos: Tensor) -> Tensor:
+        """The summed all-hashtag BPR terms of :meth:`loss_all` for some lines.
+
+        Shapes: user [G, d] (the lines' distinct users), video [B, d], of_line [B] (each line's row of
+        ``user``), tag_part [H, d], videos [B], pos [B] → scalar"""
+        scores = self.scoring.all_tags(user, video, of_line, tag_part)                     # [B, H]
         scores = scores.to(torch.promote_types(scores.dtype, torch.float32))
         num_tag = scores.size(1)
         keys = videos.unsqueeze(1) * num_tag + torch.arange(num_tag, device=videos.device)          # [B, H]

@@ -50,6 +50,23 @@ def test_bench_on_tiny_writes_sane_json(tiny_dir, tiny, tmp_path):
     assert all(isinstance(t["met"], bool) for t in report["targets"].values())
 
 
+def test_bench_times_the_training_flags_it_is_given(tiny_dir, tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    flags = "--norm pair --hide_own videos --neg_per_row 0 --dim_latent 8"
+    assert bench.main(["--data_path", str(tiny_dir), "--model", "gcn_phr", "--steps", "2", "--warmup", "1",
+                       "--load_repeats", "1", "--ref_lines", "5", "--no_memory", "--train_flags", flags,
+                       "--out", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert report["train_flags"] == flags
+    assert report["train"]["gcn_phr"]["config"] == {"norm": "pair", "hide_own": "videos", "neg_per_row": 0,
+                                                    "dim_latent": 8}
+    assert report["train"]["gcn_phr"]["negatives_s"] == 0                 # every hashtag: nothing is drawn
+    for bad, says in (("--neg_per_row -1", "--neg_per_row"), ("--bogus 1", "unrecognized arguments")):
+        assert bench.main(["--data_path", str(tiny_dir), "--model", "gcn_phr", "--train_flags", bad]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("error: --train_flags") and says in err and "\n" not in err
+
+
 def test_bench_rejects_unknown_model(tiny_dir, capsys):
     assert bench.main(["--data_path", str(tiny_dir), "--model", "gcn_phr,mf", "--out", ""]) == 2
     assert "--model" in capsys.readouterr().err

@@ -118,6 +118,27 @@ def test_every_hashtag_loss_is_bpr_averaged_over_the_negative_distribution(tiny,
     torch.testing.assert_close(got.double(), expected, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("users_per_group", [1, 3])
+def test_every_hashtag_loss_in_checkpointed_groups_equals_the_whole_batch(tiny, users_per_group):
+    # past ALL_TAGS_MAX_ELEMENTS the batch's users are taken in checkpointed groups: same loss, same gradients
+    torch.manual_seed(0)
+    model = train.build_model(_cfg(neg_per_row=0, hide_own="videos", norm="pair"), tiny)
+    users, videos, pos, _, rows = _batch(tiny, n=40)
+    assert users.unique().numel() > 2 * users_per_group                 # several groups, the last one short
+
+    def loss_and_grads(max_elements):
+        model.zero_grad(set_to_none=True)
+        loss = model.loss_all(users, videos, pos, rows, max_elements=max_elements)
+        loss.backward()
+        return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}
+
+    whole, whole_grads = loss_and_grads(2 ** 40)
+    grouped, grouped_grads = loss_and_grads(users_per_group * tiny.num_hashtag * 16)
+    torch.testing.assert_close(grouped, whole)
+    for name, grad in whole_grads.items():
+        torch.testing.assert_close(grouped_grads[name], grad, msg=name)
+
+
 def test_every_hashtag_loss_trains_and_is_refused_where_it_does_not_apply(tiny, tmp_path):
     cfg = _cfg(neg_per_row=0, num_epoch=3, batch_size=64, l_r=0.01, num_workers=1, weight_decay=0.0)
     result = train.run(cfg, tmp_path / "run", torch.device("cpu"), progress=False, log=lambda *a: None)
