@@ -172,8 +172,7 @@ def make_dense(features: torch.Tensor, dim: int, device: torch.device, amp: bool
     return dense
 
 
-def bench_training(name: str, args, ds: Dataset, features: torch.Tensor, device: torch.device) -> dict:
-    cfg = train_config(args, name)
+def bench_training(cfg: Config, args, ds: Dataset, features: torch.Tensor, device: torch.device) -> dict:
     model, step, steps_per_epoch, sample_s = make_step(cfg, ds, device)
     dense = make_dense(features, cfg.dim_latent, device, args.amp)
     for _ in range(args.warmup):
@@ -409,8 +408,7 @@ def main(argv=None) -> int:
               file=sys.stderr)
         return 2
     try:
-        for name in models if not args.peak else ("gcn_phr",):
-            train_config(args, name)
+        configs = {name: train_config(args, name) for name in (models if not args.peak else ("gcn_phr",))}
     except ValueError as err:
         print(f"error: --train_flags {args.train_flags!r}: {err}", file=sys.stderr)
         return 2
@@ -432,7 +430,7 @@ def main(argv=None) -> int:
                          "num_video": ds.num_video, "train_rows": len(ds.train), "val_lines": len(ds.val),
                          "test_lines": len(ds.test), "feature_dim": ds.feature_dim, "feature_bytes": feature_bytes}
     report["train_flags"] = args.train_flags
-    report["train"] = {name: bench_training(name, args, ds, features, device) for name in models}
+    report["train"] = {name: bench_training(cfg, args, ds, features, device) for name, cfg in configs.items()}
     if "gcn_phr" in models:
         report["eval"] = bench_eval(args, ds, features, device)
     del features

@@ -32,10 +32,10 @@ AllScoreFn = Callable[[Tensor, Tensor], Tensor]
 
 
 MULTI_NEGATIVE = ("gcn_phr", "released", "content", "mf")  # BPR models whose loss takes [B, K] negatives
+PAPER_BASELINE_NAMES = ("utm", "contagnet", "csmn", "ushm")  # baselines.py; [B, K] negatives with --loss bpr
 # --neg_per_row 0: the most (user, hashtag, d) elements of the hashtag side one step keeps for its backward;
 # beyond it the batch's users are taken in groups and each group's scores are recomputed in the backward
 ALL_TAGS_MAX_ELEMENTS = 2 ** 26
-PAPER_BASELINE_NAMES = ("utm", "contagnet", "csmn", "ushm")  # baselines.py; [B, K] negatives with --loss bpr
 
 
 def _opt(default, help: str, **kw):
