@@ -6,7 +6,10 @@ The diagnosis of GCN-PHR (README "Does it learn?", docs/RESULTS.md) rests on the
    training) or *new*; on data from ``make_data.py`` it is also *generic* (a content-free ``gen_*`` hashtag)
    or *topical* (``t<k>_*``). For each kind: how many positives, and the share ranked in the top K of
    their line (ranked as the evaluation ranks them, ties against the positive). ``userpop`` is scored
-   beside the model. The same by how often the user used the positive in training (0, 1, 2, 3, 4 or more).
+   beside the model. The same by how often the user used the positive in training (0, 1, 2, 3, 4 or more),
+   with each group's part of NDCG@K (the parts add up to the split's NDCG@K) and the mean rank of its
+   hits: where a model gains or loses NDCG against ``userpop``, and whether it is by missing positives or
+   by ordering them.
 2. **What outranks the seen positives the model misses**: per miss, how many negatives above it are
    seen / new for the user (and generic / topical; a topical one in a topic of the line's positives or in
    another topic), and how often the new ones were used in training.
@@ -72,6 +75,9 @@ def by_kind(ds: Dataset, split: Split, score, k: int) -> dict:
     num_neg = split.negatives.size(1)
     hits: dict[str, list[int]] = {}
     by_uses: dict[int, list[int]] = {}
+    ndcg_by_uses: dict[int, float] = {}                                               # uses -> part of NDCG@k
+    hit_ranks: dict[int, list[int]] = {}                                              # uses -> ranks <= k
+    ideal = np.cumsum(1.0 / np.log2(np.arange(2, k + 2)))                              # [k] ideal DCG, 1..k
     intruders: dict[str, int] = {}
     new_uses: list[int] = []
     misses = 0
@@ -80,13 +86,19 @@ def by_kind(ds: Dataset, split: Split, score, k: int) -> dict:
         cand, pos_mask, valid = evaluation.candidates(split, lines)                   # [B, C]
         scores = score(split.users[lines], split.videos[lines], cand)                 # [B, C]
         users = split.users[lines].tolist()
+        idcg = ideal[pos_mask.sum(1).clamp(max=k).numpy() - 1]                        # [B] as evaluation's
         for b, j, rank in zip(*(t.tolist() for t in evaluation.positive_ranks(scores, pos_mask, valid))):
             user, h = users[b], int(cand[b, j])
             times = pair_uses[user, h]                                                  # 0 when never used
             seen = times > 0
             hit = rank <= k
             hits.setdefault(" ".join(x for x in (kind[h], "seen" if seen else "new") if x), []).append(hit)
-            by_uses.setdefault(min(times, MAX_USES), []).append(hit)
+            group = min(times, MAX_USES)
+            by_uses.setdefault(group, []).append(hit)
+            ndcg_by_uses[group] = ndcg_by_uses.get(group, 0.0) + (
+                1.0 / np.log2(rank + 1) / idcg[b] / len(split) if hit else 0.0)
+            if hit:
+                hit_ranks.setdefault(group, []).append(rank)
             if seen and not hit:
                 misses += 1
                 line_topics = set(topic[cand[b][pos_mask[b]].cpu().numpy()].tolist()) - {-1}  # its positives'
@@ -100,6 +112,8 @@ def by_kind(ds: Dataset, split: Split, score, k: int) -> dict:
                         new_uses.append(int(uses[n]))
     return {"hits": {name: (len(v), float(np.mean(v))) for name, v in sorted(hits.items())},
             "by_uses": {uses: (len(v), float(np.mean(v))) for uses, v in sorted(by_uses.items())},
+            "ndcg_by_uses": dict(sorted(ndcg_by_uses.items())),
+            "hit_rank_by_uses": {uses: float(np.mean(v)) for uses, v in sorted(hit_ranks.items())},
             "misses": misses, "intruders": {name: c / max(misses, 1) for name, c in sorted(intruders.items())},
             "new_intruder_uses": (float(np.mean(new_uses)), float(np.median(new_uses))) if new_uses else None}
 
@@ -146,6 +160,11 @@ def report(name: str, diag: dict, k: int) -> str:
     rows.append(f"  by the positive's training uses by its user (positives, share in the top {k}): "
                 + ", ".join(f"{uses}{'+' if uses == MAX_USES else ''}: {n} {share:.3f}"
                             for uses, (n, share) in diag["by_uses"].items()))
+    rows.append(f"  the same, part of NDCG@{k} (mean rank of the hits): "
+                + ", ".join(f"{uses}{'+' if uses == MAX_USES else ''}: {part:.3f} "
+                            f"({diag['hit_rank_by_uses'].get(uses, float('nan')):.2f})"
+                            for uses, part in diag["ndcg_by_uses"].items())
+                + f"; NDCG@{k} {sum(diag['ndcg_by_uses'].values()):.3f}")
     return "\n".join(rows)
 
 

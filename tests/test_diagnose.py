@@ -1,6 +1,8 @@
 """diagnose.py: its hits by kind add up to the evaluation's, the video swap changes only what uses the
 video, and the command line reports a run or refuses in one line."""
 
+import math
+
 import pytest
 import torch
 
@@ -31,6 +33,39 @@ def test_hits_by_kind_add_up_to_the_evaluations_hits(tiny, gcn_scorer):
     assert sum(n * share for n, share in diag["by_uses"].values()) == pytest.approx(hits, abs=1e-6)
     assert diag["by_uses"][0][0] == sum(n for kind, (n, _) in diag["hits"].items() if kind.endswith("new"))
     assert set(diag["by_uses"]) <= set(range(diagnose.MAX_USES + 1)) and len(diag["by_uses"]) > 2
+
+
+def test_ndcg_parts_by_uses_add_up_to_the_evaluations_ndcg(tiny, gcn_scorer):
+    for k in (3, 10):                   # at 3 some lines have more positives than k
+        with torch.no_grad():
+            diag = diagnose.by_kind(tiny, tiny.test, gcn_scorer, k)
+            out = evaluation.evaluate(tiny.test, gcn_scorer, ks=(k,))
+        assert sum(diag["ndcg_by_uses"].values()) == pytest.approx(out[f"ndcg@{k}"], abs=1e-6)
+        assert set(diag["ndcg_by_uses"]) == set(diag["by_uses"])
+        assert len([part for part in diag["ndcg_by_uses"].values() if part > 0]) > 1
+        # every group with hits has their mean rank, within 1..k
+        assert set(diag["hit_rank_by_uses"]) == {u for u, (_, share) in diag["by_uses"].items() if share > 0}
+        assert all(1 <= r <= k for r in diag["hit_rank_by_uses"].values())
+
+
+def test_ndcg_part_and_hit_rank_against_counting_by_hand(tiny):
+    scorer = UserPopularity(tiny.train, tiny.graph).scorer()
+    with torch.no_grad():
+        diag = diagnose.by_kind(tiny, tiny.test, scorer, 10)
+        lines = torch.arange(len(tiny.test))
+        cand, pos_mask, valid = evaluation.candidates(tiny.test, lines)
+        line, col, rank = evaluation.positive_ranks(scorer(tiny.test.users, tiny.test.videos, cand), pos_mask, valid)
+    part, ranks = {}, {}
+    for b, j, r in zip(line.tolist(), col.tolist(), rank.tolist()):
+        user, h = int(tiny.test.users[b]), int(cand[b, j])
+        uses = min(sum(1 for u, _, t in tiny.train.tolist() if u == user and t == h), diagnose.MAX_USES)
+        k_line = min(int(pos_mask[b].sum()), 10)
+        idcg = sum(1 / math.log2(i + 2) for i in range(k_line))
+        part[uses] = part.get(uses, 0.0) + (1 / math.log2(r + 1) / idcg / len(tiny.test) if r <= 10 else 0.0)
+        if r <= 10:
+            ranks.setdefault(uses, []).append(r)
+    assert diag["ndcg_by_uses"] == pytest.approx(part, abs=1e-9)
+    assert diag["hit_rank_by_uses"] == pytest.approx({u: sum(v) / len(v) for u, v in ranks.items()})
 
 
 def test_hits_by_uses_against_counting_by_hand(tiny):
@@ -71,6 +106,7 @@ def test_command_line_reports_a_run_and_refuses_a_missing_one(tiny_dir, tmp_path
     out = capsys.readouterr().out
     assert "gcn_phr: hits in the top 5" in out and "userpop: hits in the top 5" in out
     assert "another video of the user" in out
+    assert "part of NDCG@5" in out
     assert diagnose.main([str(tmp_path / "nothing")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error:") and "best.pt" in err[0]
