@@ -107,6 +107,10 @@ class Config:
                      "aggregation layer: none (the paper); pair = PairNorm (centre over the nodes of each type, "
                      "rescale to unit mean row norm), against the collapse of mean aggregation",
                      choices=("none", "pair"))
+    ema_decay: float = _opt(0.0, "exponential moving average of the weights: a <- d a + (1 - d) w after every "
+                            "optimiser step, from the weights after the first; validation, best.pt and test use "
+                            "the average, training goes on with the weights themselves. 0 = off (the paper); "
+                            "0.99 averages over about 100 steps")
     # ---- the paper's baselines (SPEC §4; baselines.py) ----
     loss: str = _opt("native", "training loss of a baseline: native = its own paper's (UTM WARP, ConTagNet "
                      "multi-label sigmoid cross-entropy, CSMN sequence cross-entropy, USHM softmax "
@@ -143,8 +147,9 @@ class Config:
             raise ValueError(f"--knn_temperature: expected > 0, --knn_user_weight and --knn_global_weight ≥ 0, got "
                              f"{self.knn_temperature}, {self.knn_user_weight}, {self.knn_global_weight}")
         if self.weight_decay < 0 or self.patience < 0 or not 0 <= self.dropout < 1 \
-                or not 0 <= self.neg_pop_share <= 1 or not 0 <= self.neg_user_share <= 1:
-            raise ValueError("--weight_decay and --patience must be ≥ 0, --dropout in [0, 1), "
+                or not 0 <= self.neg_pop_share <= 1 or not 0 <= self.neg_user_share <= 1 \
+                or not 0 <= self.ema_decay < 1:
+            raise ValueError("--weight_decay and --patience must be ≥ 0, --dropout and --ema_decay in [0, 1), "
                              "--neg_pop_share and --neg_user_share in [0, 1]")
         ablated = [f"--{f.name} {getattr(self, f.name)}" for f in fields(self)
                    if f.name in ("attention", "messages", "graph") and getattr(self, f.name) != f.default]

@@ -26,6 +26,7 @@ Shape legend: R training rows, B batch, H hashtags, V videos, d latent dim.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import io
 import json
@@ -53,7 +54,7 @@ DEFAULT_PRESET = "small"
 LAST, BEST = "last.pt", "best.pt"
 RUN_FILES = ("config.json", "metrics.csv", LAST, BEST, "test_per_line.npz", "results.json")  # train.py's own
 CHECKPOINT_KEYS = ("format", "model", "config", "epoch", "optimizer", "finished", "best", "best_model", "stale",
-                   "metrics", "rng", "data")                                    # of last.pt
+                   "metrics", "rng", "data", "average")                         # of last.pt
 
 
 # --------------------------------------------------------------------------------------------
@@ -201,6 +202,58 @@ class NegativeSampler:
         raise RuntimeError("could not draw negatives: a training video carries nearly every hashtag")
 
 
+class WeightAverage:
+    r"""Exponential moving average of a model's parameters (``--ema_decay`` d): after every optimiser step
+    :math:`\mathbf{a} \leftarrow d\,\mathbf{a} + (1 - d)\,\mathbf{w}`, starting from the weights after
+    the first step. Training goes on with the weights themselves; :meth:`swapped` puts the average in
+    the model for a while (validation, ``best.pt``) and the weights back after. Buffers are not averaged.
+
+    Args:
+        model (nn.Module): the model whose parameters are averaged (the same tensors under DDP).
+        decay (float): d in (0, 1).
+    """
+
+    def __init__(self, model: torch.nn.Module, decay: float) -> None:
+        self.model, self.decay = model, decay
+        self.average: dict[str, Tensor] = {}                  # empty until the first step
+
+    @torch.no_grad()
+    def update(self) -> None:
+        for name, weight in self.model.named_parameters():
+            if name in self.average:
+                self.average[name].mul_(self.decay).add_(weight.detach(), alpha=1 - self.decay)
+            else:
+                self.average[name] = weight.detach().clone()
+
+    @contextlib.contextmanager
+    def swapped(self):
+        """The average in the model's parameters inside the ``with`` block (nothing changes before the first
+        step), the weights themselves again after it."""
+        params = dict(self.model.named_parameters())
+        kept = {name: params[name].detach().clone() for name in self.average}
+        with torch.no_grad():
+            for name, average in self.average.items():
+                params[name].copy_(average)
+        try:
+            yield
+        finally:
+            with torch.no_grad():
+                for name, weight in kept.items():
+                    params[name].copy_(weight)
+
+    def state_dict(self) -> dict[str, Tensor]:
+        return dict(self.average)
+
+    def load_state_dict(self, state, path) -> None:
+        """Take the average of a checkpoint, refusing one that does not fit the model (one line)."""
+        params = dict(self.model.named_parameters())
+        if not isinstance(state, dict) or any(name not in params or not isinstance(t, Tensor)
+                                              or t.shape != params[name].shape for name, t in state.items()) \
+                or (state and set(state) != set(params)):
+            raise SystemExit(f"error: {path}: expected the weight average (--ema_decay) of this model's parameters")
+        self.average = {name: t.to(params[name].device, params[name].dtype).clone() for name, t in state.items()}
+
+
 # --------------------------------------------------------------------------------------------
 # The loop
 # --------------------------------------------------------------------------------------------
@@ -280,16 +333,17 @@ def _run(cfg: Config, out: Path, device: torch.device, allow_pickle: bool, progr
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.l_r, weight_decay=cfg.weight_decay) \
         if model.trainable else None
     best, best_state, stale, first, finished = {"epoch": 0, "recall@10": -1.0}, None, 0, 1, False
+    average = WeightAverage(model, cfg.ema_decay) if cfg.ema_decay and model.trainable else None
 
     def save_last(epoch: int) -> None:  # a collective under DDP: every process hands rank 0 its random states
         ranks = None if dist is None else dist.gather_objects(process_rng_state(model, device))
         if main:
             save_checkpoint(checkpoint_state(model, optimizer, gen, cfg, data_record(data, ds), epoch=epoch,
                                              finished=finished, best=best, best_state=best_state, stale=stale,
-                                             rows=rows, device=device, ranks=ranks), out / LAST)
+                                             rows=rows, device=device, ranks=ranks, average=average), out / LAST)
 
     if ckpt is not None:
-        restore(ckpt, out / LAST, model, optimizer, gen, device, dist)
+        restore(ckpt, out / LAST, model, optimizer, gen, device, dist, average)
         best, best_state, stale, rows, finished = (ckpt[k] for k in ("best", "best_model", "stale", "metrics",
                                                                      "finished"))
         first = ckpt["epoch"] + 1
@@ -339,26 +393,29 @@ def _run(cfg: Config, out: Path, device: torch.device, allow_pickle: bool, progr
             # DDP averages the processes' gradients; the loss is a sum, so each contributes N × its shard's
             (loss if dist is None else loss * dist.world_size).backward()
             optimizer.step()
+            if average is not None:
+                average.update()
             total += global_loss.item()
         model.eval()
         early = False
         if main:
-            with torch.no_grad():
+            scored = average.swapped() if average is not None else contextlib.nullcontext()
+            with scored, torch.no_grad():          # validation and best.pt take the weight average, if any
                 val = evaluate(ds.val)
-            seconds = time.time() - t0
-            mean_loss = total / len(ds.train)
-            rows.append([str(epoch), f"{mean_loss:.6f}", *[f"{val[n]:.6f}" for n in names], f"{seconds:.2f}"])
-            improved = val["recall@10"] > best["recall@10"]
-            log(f"epoch {epoch:3d}  loss {mean_loss:.4f}  val P@10 {val['precision@10']:.4f}  "
-                f"R@10 {val['recall@10']:.4f}  NDCG@10 {val['ndcg@10']:.4f}  {seconds:.1f}s"
-                + ("  *" if improved else ""))
-            if improved:
-                best, stale = {"epoch": epoch, "recall@10": val["recall@10"], "val": val}, 0
-                best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-                save_weights(model, cfg, out / BEST, epoch=epoch)
-            else:
-                stale += 1
-            early = bool(cfg.patience and stale >= cfg.patience)
+                seconds = time.time() - t0
+                mean_loss = total / len(ds.train)
+                rows.append([str(epoch), f"{mean_loss:.6f}", *[f"{val[n]:.6f}" for n in names], f"{seconds:.2f}"])
+                improved = val["recall@10"] > best["recall@10"]
+                log(f"epoch {epoch:3d}  loss {mean_loss:.4f}  val P@10 {val['precision@10']:.4f}  "
+                    f"R@10 {val['recall@10']:.4f}  NDCG@10 {val['ndcg@10']:.4f}  {seconds:.1f}s"
+                    + ("  *" if improved else ""))
+                if improved:
+                    best, stale = {"epoch": epoch, "recall@10": val["recall@10"], "val": val}, 0
+                    best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+                    save_weights(model, cfg, out / BEST, epoch=epoch)
+                else:
+                    stale += 1
+                early = bool(cfg.patience and stale >= cfg.patience)
         if dist is not None:                                  # the others wait here for rank 0's decision
             early = dist.broadcast_flag(early, device)
         finished = early or epoch == cfg.num_epoch
@@ -475,7 +532,8 @@ def process_rng_state(model: Ranker, device: torch.device) -> dict:
 
 def checkpoint_state(model: Ranker, optimizer: torch.optim.Optimizer | None, gen: torch.Generator, cfg: Config,
                      data: dict, *, epoch: int, finished: bool, best: dict, best_state: dict | None, stale: int,
-                     rows: list, device: torch.device, ranks: list[dict] | None = None) -> dict:
+                     rows: list, device: torch.device, ranks: list[dict] | None = None,
+                     average: WeightAverage | None = None) -> dict:
     """Everything :func:`run` needs to go on after ``epoch`` as if it had never stopped.
 
     Tensors, numbers, strings, lists and dicts only, so ``torch.load(weights_only=True)`` reads it. The
@@ -483,14 +541,16 @@ def checkpoint_state(model: Ranker, optimizer: torch.optim.Optimizer | None, gen
     generator, torch's global generator (dropout, the WARP and CSMN baselines' draws), on CUDA the
     device's generator, and the neighbour sampler's (``--num_neigh``); nothing in training uses numpy's or
     Python's ``random``. Under DDP, ``rng["ranks"]`` holds every process's own states, in rank order
-    (:func:`process_rng_state`; rank 0's are also at the top level).
+    (:func:`process_rng_state`; rank 0's are also at the top level). ``average`` is the weight average of
+    ``--ema_decay`` (None without it).
     """
     rng = {"negatives": gen.get_state(), **process_rng_state(model, device)}
     if ranks is not None:
         rng["ranks"] = ranks
     return {"format": 1, "model": model.state_dict(), "config": asdict(cfg), "epoch": epoch,
             "optimizer": optimizer.state_dict() if optimizer is not None else None, "finished": finished,
-            "best": best, "best_model": best_state, "stale": stale, "metrics": rows, "rng": rng, "data": data}
+            "best": best, "best_model": best_state, "stale": stale, "metrics": rows, "rng": rng, "data": data,
+            "average": average.state_dict() if average is not None else None}
 
 
 def _read(path) -> dict:
@@ -541,12 +601,15 @@ def read_checkpoint(path: Path, cfg: Config, data: dict, dist: ddp.Dist | None =
 
 
 def restore(ckpt: dict, path: Path, model: Ranker, optimizer: torch.optim.Optimizer | None,
-            gen: torch.Generator, device: torch.device, dist: ddp.Dist | None = None) -> None:
-    """Put the model, the optimiser and every random generator back as ``ckpt`` recorded them (under DDP,
-    this process's own ones)."""
+            gen: torch.Generator, device: torch.device, dist: ddp.Dist | None = None,
+            average: WeightAverage | None = None) -> None:
+    """Put the model, the optimiser, the weight average and every random generator back as ``ckpt`` recorded
+    them (under DDP, this process's own ones)."""
     if ckpt["best_model"] is not None:
         check_state(model, ckpt["best_model"], path)
     load_state(model, ckpt["model"], path)
+    if average is not None:
+        average.load_state_dict(ckpt["average"] or {}, path)
     try:
         if optimizer is not None:
             optimizer.load_state_dict(ckpt["optimizer"])

@@ -61,6 +61,7 @@ def test_help_explains_num_workers_and_no_cuda():
     (["--aggr_mode=median"], "invalid choice"),
     (["--topk=5"], "including 10"),
     (["--batch_size=0"], "positive"),
+    (["--ema_decay=1"], "--ema_decay in [0, 1)"),
 ])
 def test_bad_flags_give_one_line_errors(args, message, tiny_dir, tmp_path):
     proc = _train_cli(*args, "--data_path", str(tiny_dir), "--out", str(tmp_path / "r"))
@@ -493,3 +494,65 @@ def test_cli_refusals_are_one_line_and_leave_nothing(name, cli_refusals):
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and text in lines[0], proc.stderr
     assert not out.exists()
+
+
+# --------------------------------------------------------------------------------------------
+# The weight average (--ema_decay)
+# --------------------------------------------------------------------------------------------
+def test_weight_average_follows_its_recursion_and_swaps_back():
+    layer = torch.nn.Linear(3, 2)
+    average = train.WeightAverage(layer, 0.75)
+    before = {n: p.detach().clone() for n, p in layer.named_parameters()}
+    with average.swapped():                                     # nothing averaged yet: nothing changes
+        assert all(torch.equal(p, before[n]) for n, p in layer.named_parameters())
+    history = []
+    for _ in range(4):
+        with torch.no_grad():
+            for p in layer.parameters():
+                p.add_(torch.randn_like(p))
+        history.append({n: p.detach().clone() for n, p in layer.named_parameters()})
+        average.update()
+    expected = {n: history[0][n] for n in history[0]}           # a_1 = w_1, a_t = d a_(t-1) + (1 - d) w_t
+    for weights in history[1:]:
+        expected = {n: 0.75 * expected[n] + 0.25 * weights[n] for n in expected}
+    with average.swapped():
+        assert all(torch.allclose(p, expected[n]) for n, p in layer.named_parameters())
+    assert all(torch.equal(p, history[-1][n]) for n, p in layer.named_parameters())   # the weights are back
+    with pytest.raises(SystemExit, match="weight average"):
+        average.load_state_dict({"weight": torch.zeros(5)}, "last.pt")
+
+
+def _weights_of(model, state):
+    model.load_state_dict({**model.state_dict(), **state})
+    return model
+
+
+def test_validation_and_best_checkpoint_take_the_average(tiny_dir, tmp_path):
+    cfg = Config(data_path=str(tiny_dir), dim_latent=16, num_epoch=3, patience=0, num_workers=1, ema_decay=0.9)
+    results = _quiet(cfg, tmp_path / "run")
+    last = torch.load(tmp_path / "run" / "last.pt", weights_only=True)
+    assert set(last["average"]) == {n for n, _ in train.build_model(cfg, load_dataset(tiny_dir)).named_parameters()}
+    ds = load_dataset(tiny_dir)
+    model = train.build_model(cfg, ds).eval()
+    with torch.no_grad():
+        val_average = evaluation.evaluate(ds.val, _weights_of(model, last["average"]).scorer())
+        val_weights = evaluation.evaluate(ds.val, _weights_of(model, last["model"]).scorer())
+    logged = _metrics(tmp_path / "run")
+    assert float(logged[-1][logged[0].index("val_recall@10")]) == pytest.approx(val_average["recall@10"], abs=1e-6)
+    assert val_weights["ndcg@10"] != pytest.approx(val_average["ndcg@10"], abs=1e-6)
+    if results["best_epoch"] == 3:
+        best = torch.load(tmp_path / "run" / "best.pt", weights_only=True)["model"]
+        assert all(torch.equal(best[n], t) for n, t in last["average"].items())
+
+
+def test_an_interrupted_run_with_the_average_resumes_to_the_same_metrics(tiny_dir, tmp_path, monkeypatch):
+    cfg = Config(data_path=str(tiny_dir), **{**RESUME, "num_epoch": 8}, ema_decay=0.8)
+    expected = _quiet(cfg, tmp_path / "whole")
+    interrupt_at_epoch(monkeypatch, 4)
+    with pytest.raises(KeyboardInterrupt):
+        _quiet(cfg, tmp_path / "run")
+    monkeypatch.undo()
+    results = _quiet(cfg, tmp_path / "run", resume=True)
+    assert results["test"] == expected["test"] and _metrics(tmp_path / "run") == _metrics(tmp_path / "whole")
+    whole, resumed = (torch.load(tmp_path / d / "last.pt", weights_only=True) for d in ("whole", "run"))
+    assert all(torch.equal(resumed["average"][n], t) for n, t in whole["average"].items())
