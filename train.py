@@ -247,9 +247,8 @@ class WeightAverage:
     def load_state_dict(self, state, path) -> None:
         """Take the average of a checkpoint, refusing one that does not fit the model (one line)."""
         params = dict(self.model.named_parameters())
-        if not isinstance(state, dict) or any(name not in params or not isinstance(t, Tensor)
-                                              or t.shape != params[name].shape for name, t in state.items()) \
-                or (state and set(state) != set(params)):
+        if not isinstance(state, dict) or set(state) != set(params) \
+                or any(not isinstance(t, Tensor) or t.shape != params[name].shape for name, t in state.items()):
             raise SystemExit(f"error: {path}: expected the weight average (--ema_decay) of this model's parameters")
         self.average = {name: t.to(params[name].device, params[name].dtype).clone() for name, t in state.items()}
 
@@ -609,7 +608,7 @@ def restore(ckpt: dict, path: Path, model: Ranker, optimizer: torch.optim.Optimi
         check_state(model, ckpt["best_model"], path)
     load_state(model, ckpt["model"], path)
     if average is not None:
-        average.load_state_dict(ckpt["average"] or {}, path)
+        average.load_state_dict(ckpt["average"], path)
     try:
         if optimizer is not None:
             optimizer.load_state_dict(ckpt["optimizer"])
