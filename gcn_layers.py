@@ -36,6 +36,7 @@ if TYPE_CHECKING:
 
 AGGRS = ("mean", "max", "add")
 MESSAGES = ("both", "video", "hashtag")
+PAIR_WEIGHTS = ("pair", "videos")
 QUERIES = ("pair", "user", "hashtag")
 NEGATIVE_SLOPE = 0.01  # LReLU slope of SPEC §3
 
@@ -484,6 +485,12 @@ class PHRConv(nn.Module):
     products with the node→pair patterns of :class:`PairIndex` (weights 1/count or 1, 0 on inactive
     pairs); ``"max"`` gathers the per-pair rows and takes a segment maximum.
 
+    With ``pair_weight="videos"`` a pair enters ``"mean"`` and ``"add"`` with the weight
+    :math:`|\mathcal{V}(p)|`, its number of visible training videos (``"mean"`` divides by their sum):
+    the aggregation then runs over the node's training rows rather than its distinct pairs, so a
+    hashtag a user gave ten videos weighs ten times one she gave once. The default ``"pair"`` is the
+    paper's, one weight per pair.
+
     Args:
         dim (int): latent size d (input and output).
         aggr (str, optional): AGG, ``"mean"``, ``"max"`` or ``"add"``. (default: :obj:`"mean"`)
@@ -492,6 +499,9 @@ class PHRConv(nn.Module):
         messages (str, optional): ``"both"``; ``"video"`` drops the :math:`\mathbf{W}_t` terms (no
             hashtag–user messages); ``"hashtag"`` drops the :math:`\mathbf{W}_m` terms and the
             attention modules (no video messages). (default: :obj:`"both"`)
+        pair_weight (str, optional): weight of a pair in ``"mean"`` / ``"add"``: ``"pair"`` (one) or
+            ``"videos"`` (its number of visible training videos); not for ``"max"``.
+            (default: :obj:`"pair"`)
 
     Shapes:
         - **input:** x_user [U, d], x_tag [H, d], z [V, d], graph (``PairGraph``),
@@ -505,13 +515,19 @@ class PHRConv(nn.Module):
     """
 
     def __init__(
-        self, dim: int, aggr: str = "mean", attention: bool = True, messages: str = "both"
+        self, dim: int, aggr: str = "mean", attention: bool = True, messages: str = "both",
+        pair_weight: str = "pair",
     ) -> None:
         super().__init__()
         _check_choice("aggr", aggr, AGGRS)
         _check_choice("messages", messages, MESSAGES)
+        _check_choice("pair_weight", pair_weight, PAIR_WEIGHTS)
+        if aggr == "max" and pair_weight != "pair":
+            raise ValueError(f"pair_weight={pair_weight!r} weighs pairs in a mean or a sum, expected aggr 'mean' "
+                             "or 'add', got 'max'")
         self.dim = dim
         self.aggr = aggr
+        self.pair_weight = pair_weight
         self.attention = attention
         self.messages = messages
         self.use_neighbours = messages in ("both", "hashtag")  # W_t terms
@@ -543,10 +559,11 @@ class PHRConv(nn.Module):
 
     def _aggregate(
         self, index: PairIndex | PairIndexView, side: str, other: Tensor, msg: Tensor | None, ptr: Tensor,
-        active: Tensor | None,
+        active: Tensor | None, videos: Tensor | None = None,
     ) -> list[Tensor]:
         """AGG of the kept terms of one side (``side`` "user": pairs in pair order, "tag": in hashtag
-        order): ``[AGG x_other, AGG m]`` (dropped terms left out), each [N, d]."""
+        order): ``[AGG x_other, AGG m]`` (dropped terms left out), each [N, d]. ``videos`` [P]: each
+        pair's visible training videos in this side's order, for ``pair_weight="videos"``."""
         other_name = "tag" if side == "user" else "user"
         if self.aggr == "max":
             gather_other = index.csr("pair_tag" if side == "user" else "tagorder_user")
@@ -555,6 +572,14 @@ class PHRConv(nn.Module):
                 rows.append(msg if side == "user" else csr_matmul(index.csr("tagorder_pair"), msg))
             agg = segment_aggr(torch.cat(rows, dim=-1), ptr, "max", mask=active)  # [N, k·d]
             return list(agg.split(self.dim, dim=-1))
+        if self.pair_weight == "videos":  # 0 on inactive pairs, as their count is 0
+            weight = videos.to(other.dtype)  # [P]
+            if self.aggr == "mean":
+                total = torch.segment_reduce(weight, "sum", offsets=ptr).clamp(min=1)  # [N]
+                weight = weight / torch.repeat_interleave(total, ptr[1:] - ptr[:-1], output_size=weight.numel())
+            return [csr_matmul(index.csr(name), rows, index.entries(name, weight))  # [N, d]
+                    for name, rows in ((f"{side}_{other_name}", other if self.use_neighbours else None),
+                                       (f"{side}_pair", msg)) if rows is not None]
         weight = None  # [P] per entry, in this side's pair order
         if active is not None or self.aggr == "mean":
             weight = other.new_ones(ptr[-1]) if active is None else active.to(other.dtype)
@@ -596,9 +621,11 @@ class PHRConv(nn.Module):
             wanted_tag[outputs[1]] = True  # [H]
             user_index = index.restrict(wanted_user[graph.pair_user])
             tag_index = index.restrict(wanted_tag[graph.pair_hashtag])
-        active = None  # [P] bool: pair has at least one visible pair–video edge
+        active = videos = None  # [P] bool: pair has at least one visible pair–video edge; [P] how many
+        if edge_mask is not None or self.pair_weight == "videos":
+            videos = _visible_count(graph.pv_ptr, edge_mask)  # [P]
         if edge_mask is not None:
-            active = _visible_count(graph.pv_ptr, edge_mask) > 0  # [P]
+            active = videos > 0  # [P]
 
         msg_user = msg_tag = alpha_user = alpha_tag = None
         if self.use_videos:
@@ -608,11 +635,12 @@ class PHRConv(nn.Module):
                                               index=tag_index)  # [P, d], [E]
 
         # Users: pairs are sorted by (user, hashtag), segments user_ptr [U+1].
-        user_parts = self._aggregate(user_index, "user", x_tag, msg_user, graph.user_ptr, active)
+        user_parts = self._aggregate(user_index, "user", x_tag, msg_user, graph.user_ptr, active, videos)
         x_user_new = self._update(x_user, user_parts, self.user_self, [self.user_nbr, self.user_msg])  # [U, d]
         # Hashtags: pairs in (hashtag, user) order (tag_perm), segments tag_ptr [H+1].
         tag_active = None if active is None else active[graph.tag_perm]  # [P]
-        tag_parts = self._aggregate(tag_index, "tag", x_user, msg_tag, graph.tag_ptr, tag_active)
+        tag_videos = None if videos is None else videos[graph.tag_perm]  # [P]
+        tag_parts = self._aggregate(tag_index, "tag", x_user, msg_tag, graph.tag_ptr, tag_active, tag_videos)
         x_tag_new = self._update(x_tag, tag_parts, self.tag_self, [self.tag_nbr, self.tag_msg])  # [H, d]
 
         if return_attention:
@@ -620,8 +648,9 @@ class PHRConv(nn.Module):
         return x_user_new, x_tag_new
 
     def __repr__(self) -> str:
+        weight = "" if self.pair_weight == "pair" else f", pair_weight={self.pair_weight!r}"
         return (f"{self.__class__.__name__}({self.dim}, aggr={self.aggr!r}, "
-                f"attention={self.attention}, messages={self.messages!r})")
+                f"attention={self.attention}, messages={self.messages!r}{weight})")
 
 
 class ReleasedConv(nn.Module):

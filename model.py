@@ -107,6 +107,10 @@ class Config:
                      "aggregation layer: none (the paper); pair = PairNorm (centre over the nodes of each type, "
                      "rescale to unit mean row norm), against the collapse of mean aggregation",
                      choices=("none", "pair"))
+    pair_weight: str = _opt("pair", "weight of a user-hashtag pair in GCN-PHR's mean (or add) aggregation: pair = one "
+                            "per pair (the paper); videos = its number of training videos, so the aggregation runs "
+                            "over a node's training rows and a hashtag the user gave ten videos weighs ten times "
+                            "one she gave once", choices=("pair", "videos"))
     ema_decay: float = _opt(0.0, "exponential moving average of the weights: a <- d a + (1 - d) w after every "
                             "optimiser step, from the weights after the first; validation, best.pt and test use "
                             "the average, training goes on with the weights themselves. 0 = off (the paper); "
@@ -159,6 +163,12 @@ class Config:
         if self.norm != "none" and (self.model_name != "gcn_phr" or self.graph != "pairs"):
             raise ValueError(f"--norm {self.norm}: normalises GCN-PHR's pair-graph layers, expected "
                              f"--model_name gcn_phr --graph pairs, got {self.model_name!r}, {self.graph!r}")
+        if self.pair_weight != "pair" and (self.model_name != "gcn_phr" or self.graph != "pairs"
+                                           or self.aggr_mode == "max" or self.num_neigh):
+            raise ValueError(f"--pair_weight {self.pair_weight}: weighs the pairs of GCN-PHR's mean or add aggregation "
+                             f"on the whole graph, expected --model_name gcn_phr --graph pairs --aggr_mode mean or add "
+                             f"--num_neigh 0, got {self.model_name!r}, {self.graph!r}, {self.aggr_mode!r}, "
+                             f"{self.num_neigh}")
         if self.neg_per_row < 0:
             raise ValueError(f"--neg_per_row: expected a positive count or 0 (every hashtag), got {self.neg_per_row}")
         if self.neg_per_row == 0 and (self.model_name not in ("gcn_phr", "released") or self.num_neigh
@@ -545,7 +555,7 @@ class GCNPHR(_GraphRanker):
         # sampled-subgraph training (Config.num_neigh): the sampler reads videos as rows of z, like the index
         self.sampler = PairSampler(graph, cfg.num_neigh, cfg.seed, video_row=position) if cfg.num_neigh else None
         self.convs = nn.ModuleList(PHRConv(cfg.dim_latent, aggr=cfg.aggr_mode, attention=cfg.attention == "on",
-                                           messages=cfg.messages)
+                                           messages=cfg.messages, pair_weight=cfg.pair_weight)
                                    for _ in range(cfg.num_layers))
         self.reset_parameters()
 

@@ -91,6 +91,8 @@ def reference(conv, x_user, x_tag, z, rows):
         for n in range(x_self.size(0)):
             total = lin_self(x_self[n])
             pairs = pairs_of(n)
+            if conv.pair_weight == "videos":  # a pair once per visible training row
+                pairs = [pair for pair in pairs for _ in videos[pair[1]]]
             if pairs and lin_nbr is not None:
                 total = total + lin_nbr(ref_agg([x_other[o] for o, _ in pairs], conv.aggr))
             if pairs and lin_msg is not None:
@@ -274,6 +276,28 @@ def test_edge_mask_removes_hidden_rows_and_inactive_pairs(aggr):
     assert not torch.allclose(out_user, conv(x_user, x_tag, z, graph)[0])
 
 
+@pytest.mark.parametrize("hidden", [(), HIDDEN_ROWS])
+@pytest.mark.parametrize("aggr", ["mean", "add"])
+def test_pair_weight_videos_aggregates_over_training_rows(aggr, hidden):
+    graph = graph_of(ROWS)
+    conv = make_conv(aggr=aggr, pair_weight="videos")
+    x_user, x_tag, z = inputs()
+    edge_mask = row_mask(list(hidden))[graph.pv_row] if hidden else None  # [E]
+    out_user, out_tag = conv(x_user, x_tag, z, graph, edge_mask=edge_mask)
+    ref_user, ref_tag, _, _ = reference(conv, x_user, x_tag, z, rows_dict(hidden))
+    torch.testing.assert_close(out_user, ref_user)
+    torch.testing.assert_close(out_tag, ref_tag)
+    # The visible pairs of user 1 have 2, 1, 2 videos (2, 1 with the hidden rows), those of hashtag 0
+    # 3 and 2 (2 and 2): weighing them by their videos changes those nodes (hashtag 0 with the hidden
+    # rows only in a sum), not user 2 and hashtag 3, which have no pairs.
+    plain = make_conv(aggr=aggr)
+    plain_user, plain_tag = plain(x_user, x_tag, z, graph, edge_mask=edge_mask)
+    assert not torch.allclose(out_user[1], plain_user[1])
+    assert torch.allclose(out_tag[0], plain_tag[0]) == (aggr == "mean" and bool(hidden))
+    torch.testing.assert_close(out_user[2], plain_user[2])
+    torch.testing.assert_close(out_tag[3], plain_tag[3])
+
+
 def test_row_order_does_not_change_outputs():
     graph = graph_of(ROWS)
     conv = make_conv(torch.float32)
@@ -310,7 +334,7 @@ def test_edge_order_within_pairs_does_not_change_outputs():
 
 @pytest.mark.parametrize("kwargs", [
     {}, {"aggr": "max"}, {"aggr": "add", "messages": "video"}, {"messages": "hashtag"},
-    {"attention": False},
+    {"attention": False}, {"pair_weight": "videos"},
 ])
 def test_gradients_reach_every_parameter(kwargs):
     graph = graph_of(ROWS)
@@ -331,8 +355,14 @@ def test_phrconv_rejects_unknown_options_and_has_a_repr():
         PHRConv(D, aggr="min")
     with pytest.raises(ValueError, match="messages"):
         PHRConv(D, messages="user")
+    with pytest.raises(ValueError, match="pair_weight"):
+        PHRConv(D, pair_weight="rows")
+    with pytest.raises(ValueError, match="expected aggr 'mean' or 'add', got 'max'"):
+        PHRConv(D, aggr="max", pair_weight="videos")
     assert repr(PHRConv(D, aggr="max")) == \
         "PHRConv(5, aggr='max', attention=True, messages='both')"
+    assert repr(PHRConv(D, pair_weight="videos")) == \
+        "PHRConv(5, aggr='mean', attention=True, messages='both', pair_weight='videos')"
     assert repr(PairAttention(D)) == "PairAttention(5, attention=True)"
     assert repr(ReleasedConv(D, aggr="add")) == "ReleasedConv(5, aggr='add', heads=1)"
 

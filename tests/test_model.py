@@ -155,10 +155,12 @@ def test_every_hashtag_loss_trains_and_is_refused_where_it_does_not_apply(tiny, 
         Config(neg_per_row=-1).validate()
 
 
-def test_hidden_rows_equal_a_graph_without_them(tiny):
+@pytest.mark.parametrize("pair_weight", ["pair", "videos"])
+def test_hidden_rows_equal_a_graph_without_them(tiny, pair_weight):
     # hiding a batch's rows during propagation = propagating a graph built without those rows
+    # (with --pair_weight videos, each pair then weighs its visible videos)
     torch.manual_seed(0)
-    cfg = _cfg(hide_own="rows")
+    cfg = _cfg(hide_own="rows", pair_weight=pair_weight)
     full = GCNPHR(cfg, tiny.graph, tiny.features())
     rows = torch.arange(0, len(tiny.train), 7)
     keep = torch.ones(len(tiny.train), dtype=torch.bool)
@@ -171,6 +173,11 @@ def test_hidden_rows_equal_a_graph_without_them(tiny):
     torch.testing.assert_close(hidden.user, rebuilt.user)
     torch.testing.assert_close(hidden.tag, rebuilt.tag)
     assert not torch.allclose(hidden.user, shown.user)
+    other = GCNPHR(dataclasses.replace(cfg, pair_weight="videos" if pair_weight == "pair" else "pair"),
+                   tiny.graph, tiny.features())
+    other.load_state_dict(full.state_dict())
+    with torch.no_grad():
+        assert not torch.allclose(other.propagate(rows).user, hidden.user)
 
 
 def test_pair_norm_training_rows_equal_full_propagation(tiny):
@@ -283,6 +290,9 @@ def test_config_rejects_bad_values():
     for bad in ({"aggr_mode": "median"}, {"topk": "5,x"}, {"topk": "5"}, {"l_r": 0.0}, {"dropout": 1.0},
                 {"model_name": "released", "hide_own": "videos"}, {"neg_pop_share": 1.5},
                 {"model_name": "released", "norm": "pair"}, {"graph": "homogeneous", "norm": "pair"},
-                {"norm": "batch"}, {"model_name": "knn", "knn_temperature": 0.0}, {"knn_global_weight": -1.0}):
+                {"norm": "batch"}, {"model_name": "knn", "knn_temperature": 0.0}, {"knn_global_weight": -1.0},
+                {"pair_weight": "videos", "aggr_mode": "max"}, {"pair_weight": "videos", "model_name": "mf"},
+                {"pair_weight": "videos", "num_neigh": 3}, {"pair_weight": "videos", "graph": "homogeneous"},
+                {"pair_weight": "rows"}):
         with pytest.raises(ValueError):
             dataclasses.replace(Config(), **bad).validate()
