@@ -572,16 +572,13 @@ class PHRConv(nn.Module):
                 rows.append(msg if side == "user" else csr_matmul(index.csr("tagorder_pair"), msg))
             agg = segment_aggr(torch.cat(rows, dim=-1), ptr, "max", mask=active)  # [N, k·d]
             return list(agg.split(self.dim, dim=-1))
+        weight = None  # [P] per entry, in this side's pair order
         if self.pair_weight == "videos":  # 0 on inactive pairs, as their count is 0
             weight = videos.to(other.dtype)  # [P]
             if self.aggr == "mean":
                 total = torch.segment_reduce(weight, "sum", offsets=ptr).clamp(min=1)  # [N]
                 weight = weight / torch.repeat_interleave(total, ptr[1:] - ptr[:-1], output_size=weight.numel())
-            return [csr_matmul(index.csr(name), rows, index.entries(name, weight))  # [N, d]
-                    for name, rows in ((f"{side}_{other_name}", other if self.use_neighbours else None),
-                                       (f"{side}_pair", msg)) if rows is not None]
-        weight = None  # [P] per entry, in this side's pair order
-        if active is not None or self.aggr == "mean":
+        elif active is not None or self.aggr == "mean":
             weight = other.new_ones(ptr[-1]) if active is None else active.to(other.dtype)
             if self.aggr == "mean":
                 count = _visible_count(ptr, active).clamp(min=1).to(other.dtype)  # [N]
