@@ -90,8 +90,8 @@ class Config:
                                 "the rest are uniform over training hashtags (0 = the paper's uniform draw)")
     neg_user_share: float = _opt(0.0, "share of training negatives drawn from the hashtags the row's user used in "
                                  "training (uniform over her distinct hashtags; never those of the row's video), to "
-                                 "ask which of her own hashtags fit this video (0 = the paper's draw; on 'small' any "
-                                 "share hurts, docs/RESULTS.md)")
+                                 "ask which of her own hashtags fit this video (0 = the paper's draw; with "
+                                 "--neg_per_row 0 the share enters the row's exact expectation; docs/RESULTS.md)")
     hide_own: str = _opt("none", "what a training batch hides from its own message passing: none (the "
                          "release), rows (the batch's rows), videos (every edge of the batch's videos, so a "
                          "training video is as new to the graph as a test video)",
@@ -171,12 +171,10 @@ class Config:
                              f"{self.num_neigh}")
         if self.neg_per_row < 0:
             raise ValueError(f"--neg_per_row: expected a positive count or 0 (every hashtag), got {self.neg_per_row}")
-        if self.neg_per_row == 0 and (self.model_name not in ("gcn_phr", "released") or self.num_neigh
-                                      or self.neg_user_share > 0):
+        if self.neg_per_row == 0 and (self.model_name not in ("gcn_phr", "released") or self.num_neigh):
             raise ValueError("--neg_per_row 0 (every hashtag as negative): expected --model_name gcn_phr or "
-                             "released, on the whole graph (--num_neigh 0), with --neg_user_share 0; got "
-                             f"{self.model_name!r}, --num_neigh {self.num_neigh}, "
-                             f"--neg_user_share {self.neg_user_share}")
+                             f"released, on the whole graph (--num_neigh 0); got {self.model_name!r}, "
+                             f"--num_neigh {self.num_neigh}")
         many = self.model_name in MULTI_NEGATIVE or (self.model_name in PAPER_BASELINE_NAMES and self.loss == "bpr")
         if self.neg_per_row > 1 and not many:
             raise ValueError(f"--neg_per_row {self.neg_per_row}: expected 1 for {self.model_name!r} with its "
@@ -231,6 +229,12 @@ def negative_distribution(row_tags: Tensor, num_hashtag: int, pop_share: float) 
     count = torch.bincount(row_tags, minlength=num_hashtag).double()            # [H]
     seen = (count > 0).double()
     return (1 - pop_share) * seen / seen.sum() + pop_share * count / count.sum()
+
+
+def _contains(sorted_keys: Tensor, keys: Tensor) -> Tensor:
+    """Whether each of ``keys`` (any shape) is in the sorted 1-D ``sorted_keys``: a boolean of ``keys``' shape."""
+    at = torch.searchsorted(sorted_keys, keys).clamp_(max=sorted_keys.numel() - 1)
+    return sorted_keys[at] == keys
 
 
 def bpr_loss(pos_score: Tensor, neg_score: Tensor) -> Tensor:
@@ -405,6 +409,9 @@ class _GraphRanker(Ranker):
             self.register_buffer("neg_prob", prob.float(), persistent=False)   # [H]
             keys = torch.unique(row_video * graph.num_hashtag + row_tag)       # sorted (video, hashtag) keys
             self.register_buffer("video_tag_keys", keys, persistent=False)
+            if cfg.neg_user_share > 0:                                  # pairs are sorted by (user, hashtag)
+                keys = graph.pair_user * graph.num_hashtag + graph.pair_hashtag
+                self.register_buffer("user_tag_keys", keys, persistent=False)   # [P] sorted (user, hashtag) keys
 
     def reset_parameters(self) -> None:
         nn.init.xavier_uniform_(self.user_emb)
@@ -459,6 +466,9 @@ class _GraphRanker(Ranker):
         :math:`\sum_h q_h \, [-\ln\sigma(s^+ - s_h)] / \sum_h q_h` over the hashtags not on the row's video,
         with q the distribution the sampler draws from (uniform over training hashtags, or with
         ``--neg_pop_share``): the expectation of the paper's one-negative term, without its sampling noise.
+        With ``--neg_user_share`` s the weights are those of the sampler's mixture,
+        :math:`(1 - s)\, q_h / \sum_g q_g + s\, [h \in O] / |O|` over the hashtags not on the video, O the
+        row's user's training hashtags not on the video (s = 0 when O is empty, as the sampler falls back).
 
         Costs one score per (row, hashtag) and a ``[G, H, d]`` hashtag side for the G users of a batch. When
         G·H·d exceeds ``max_elements``, the users are taken in groups of at most ``max_elements / (H d)`` and
@@ -473,7 +483,7 @@ class _GraphRanker(Ranker):
         user, video = reps.user[distinct], reps.video[videos]           # [G, d], [B, d]
         group = max(1, max_elements // tag_part.numel())                # users per group
         if distinct.numel() <= group:
-            return self._bpr_all_tags(user, video, of_line, tag_part, videos, pos)
+            return self._bpr_all_tags(user, video, of_line, tag_part, users, videos, pos)
         order = torch.argsort(of_line, stable=True)                     # lines grouped by user
         ends = torch.bincount(of_line, minlength=distinct.numel()).cumsum(0).tolist()   # [G]
         total = video.new_zeros(())
@@ -481,23 +491,29 @@ class _GraphRanker(Ranker):
             last = min(first + group, distinct.numel())
             lines = order[(ends[first - 1] if first else 0): ends[last - 1]]            # lines of these users
             total = total + checkpoint(self._bpr_all_tags, user[first:last], video[lines], of_line[lines] - first,
-                                       tag_part, videos[lines], pos[lines], use_reentrant=False)
+                                       tag_part, users[lines], videos[lines], pos[lines], use_reentrant=False)
         return total
 
-    def _bpr_all_tags(self, user: Tensor, video: Tensor, of_line: Tensor, tag_part: Tensor, videos: Tensor,
-                      pos: Tensor) -> Tensor:
+    def _bpr_all_tags(self, user: Tensor, video: Tensor, of_line: Tensor, tag_part: Tensor, users: Tensor,
+                      videos: Tensor, pos: Tensor) -> Tensor:
         """The summed all-hashtag BPR terms of :meth:`loss_all` for some lines.
 
         Shapes: user [G, d] (the lines' distinct users), video [B, d], of_line [B] (each line's row of
-        ``user``), tag_part [H, d], videos [B], pos [B] → scalar"""
+        ``user``), tag_part [H, d], users, videos, pos [B] → scalar"""
         scores = self.scoring.all_tags(user, video, of_line, tag_part)                     # [B, H]
         scores = scores.to(torch.promote_types(scores.dtype, torch.float32))
-        num_tag = scores.size(1)
-        keys = videos.unsqueeze(1) * num_tag + torch.arange(num_tag, device=videos.device)          # [B, H]
-        at = torch.searchsorted(self.video_tag_keys, keys).clamp_(max=self.video_tag_keys.numel() - 1)
-        weight = self.neg_prob.expand_as(scores).masked_fill(self.video_tag_keys[at] == keys, 0.0)  # [B, H]
+        every_tag = torch.arange(scores.size(1), device=videos.device)                     # [H]
+        on_video = _contains(self.video_tag_keys, videos.unsqueeze(1) * scores.size(1) + every_tag)   # [B, H]
+        weight = self.neg_prob.expand_as(scores).masked_fill(on_video, 0.0)                         # [B, H]
         terms = -F.logsigmoid(scores.gather(1, pos.unsqueeze(1)) - scores)                          # [B, H]
-        return ((terms * weight).sum(1) / weight.sum(1).clamp_min(1e-12)).sum()
+        if not self.cfg.neg_user_share:
+            return ((terms * weight).sum(1) / weight.sum(1).clamp_min(1e-12)).sum()
+        weight = weight / weight.sum(1, keepdim=True).clamp_min(1e-12)
+        own = _contains(self.user_tag_keys, users.unsqueeze(1) * scores.size(1) + every_tag) & ~on_video  # [B, H]
+        num_own = own.sum(1, keepdim=True)                                                          # [B, 1]
+        share = self.cfg.neg_user_share * (num_own > 0)                                             # [B, 1]
+        weight = (1 - share) * weight + share * own / num_own.clamp_min(1)
+        return (terms * weight).sum()
 
     def scorer(self) -> ScoreFn:
         reps = self.propagate()

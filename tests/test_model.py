@@ -1,5 +1,6 @@
 """Tests of model.py and the reference rankers: parameters, gradients, scoring, hidden rows."""
 
+import copy
 import dataclasses
 
 import pytest
@@ -93,36 +94,59 @@ def test_scorer_matches_loss_path(tiny, graph):
     torch.testing.assert_close(direct, via_eval)
 
 
-@pytest.mark.parametrize("name,pop_share,graph", [("gcn_phr", 0.0, "pairs"), ("gcn_phr", 0.5, "pairs"),
-                                                   ("released", 0.0, "pairs"), ("gcn_phr", 0.0, "homogeneous")])
-def test_every_hashtag_loss_is_bpr_averaged_over_the_negative_distribution(tiny, name, pop_share, graph):
+@pytest.mark.parametrize("name,pop_share,user_share,graph", [
+    ("gcn_phr", 0.0, 0.0, "pairs"), ("gcn_phr", 0.5, 0.0, "pairs"), ("released", 0.0, 0.0, "pairs"),
+    ("gcn_phr", 0.0, 0.0, "homogeneous"), ("gcn_phr", 0.0, 0.3, "pairs"), ("gcn_phr", 0.5, 0.3, "pairs"),
+    ("released", 0.0, 1.0, "pairs")])
+def test_every_hashtag_loss_is_bpr_averaged_over_the_negative_distribution(tiny, name, pop_share, user_share,
+                                                                             graph):
     # --neg_per_row 0: each row's BPR term averaged over every hashtag not on its video, weighted by the
-    # sampler's distribution; computed here row by row and hashtag by hashtag with the model's scoring
+    # sampler's distribution (with --neg_user_share s: a share s uniform over the user's own hashtags not on
+    # the video, or none when she has none left); computed here row by row and hashtag by hashtag with the
+    # model's scoring; with a user share over every training row, one user keeping a single video so that her
+    # rows have no own hashtag left
     torch.manual_seed(0)
-    model = train.build_model(_cfg(model_name=name, neg_per_row=0, neg_pop_share=pop_share, graph=graph),
-                              tiny).eval()
-    users, videos, pos, _, rows = _batch(tiny, n=12)
-    count = torch.bincount(tiny.train[:, 2], minlength=tiny.num_hashtag).double()
+    ds = tiny
+    if user_share:
+        ds = copy.copy(tiny)                                            # tiny is shared: a copy changes
+        user, video = tiny.train[0, :2].tolist()
+        mine = tiny.train[:, 0] == user
+        assert (tiny.train[mine, 1] != video).any()                     # she had several videos
+        ds.train = tiny.train[~mine | (tiny.train[:, 1] == video)]
+        ds.graph = build_pair_graph(ds.train, ds.num_user, ds.num_hashtag, ds.num_video)
+    model = train.build_model(_cfg(model_name=name, neg_per_row=0, neg_pop_share=pop_share,
+                                   neg_user_share=user_share, graph=graph), ds).eval()
+    users, videos, pos, _, rows = _batch(ds, n=len(ds.train) if user_share else 12)
+    count = torch.bincount(ds.train[:, 2], minlength=ds.num_hashtag).double()
     q = (1 - pop_share) * (count > 0).double() / (count > 0).sum() + pop_share * count / count.sum()   # [H]
-    H = tiny.num_hashtag
+    H = ds.num_hashtag
+    fallbacks = 0
     with torch.no_grad():
         reps = model.propagate()
         expected = 0.0
         for u, v, h in zip(users.tolist(), videos.tolist(), pos.tolist()):
-            on_video = set(tiny.train[tiny.train[:, 1] == v, 2].tolist())
+            on_video = set(ds.train[ds.train[:, 1] == v, 2].tolist())
             negs = [g for g in range(H) if g not in on_video]
+            own = sorted(set(ds.train[ds.train[:, 0] == u, 2].tolist()) - on_video)
             s = model.scoring(reps.user[u].expand(H, -1), reps.video[v].expand(H, -1), reps.tag).double()  # [H]
-            terms = -F.logsigmoid(s[h] - s[negs])
-            expected += (terms * q[negs]).sum() / q[negs].sum()
+            terms = -F.logsigmoid(s[h] - s)                                                     # [H]
+            share = user_share if own else 0.0
+            fallbacks += not own
+            expected += (1 - share) * (terms[negs] * q[negs]).sum() / q[negs].sum()
+            if own:
+                expected += share * terms[own].mean()
         got = model.loss(users, videos, pos, torch.empty(len(users), 0, dtype=torch.long), rows)
     torch.testing.assert_close(got.double(), expected, rtol=1e-5, atol=1e-5)
+    if user_share:
+        assert 0 < fallbacks < len(users)                      # both kinds of rows were checked
 
 
-@pytest.mark.parametrize("users_per_group", [1, 3])
-def test_every_hashtag_loss_in_checkpointed_groups_equals_the_whole_batch(tiny, users_per_group):
+@pytest.mark.parametrize("users_per_group,user_share", [(1, 0.0), (3, 0.0), (3, 0.3)])
+def test_every_hashtag_loss_in_checkpointed_groups_equals_the_whole_batch(tiny, users_per_group, user_share):
     # past ALL_TAGS_MAX_ELEMENTS the batch's users are taken in checkpointed groups: same loss, same gradients
     torch.manual_seed(0)
-    model = train.build_model(_cfg(neg_per_row=0, hide_own="videos", norm="pair"), tiny)
+    model = train.build_model(_cfg(neg_per_row=0, hide_own="videos", norm="pair", neg_user_share=user_share),
+                              tiny)
     users, videos, pos, _, rows = _batch(tiny, n=40)
     assert users.unique().numel() > 2 * users_per_group                 # several groups
 
@@ -148,9 +172,10 @@ def test_every_hashtag_loss_trains_and_is_refused_where_it_does_not_apply(tiny, 
     losses = [float(line.split(",")[1]) for line in (tmp_path / "run" / "metrics.csv").read_text().splitlines()[1:]]
     assert len(losses) == 3 and losses[-1] < losses[0]
     assert result["test"]["recall@10"] > 0
-    for bad in ({"model_name": "mf"}, {"num_neigh": 4}, {"neg_user_share": 0.1}):
+    for bad in ({"model_name": "mf"}, {"num_neigh": 4}):
         with pytest.raises(ValueError, match="neg_per_row 0"):
             Config(neg_per_row=0, **bad).validate()
+    Config(neg_per_row=0, neg_user_share=0.1).validate()                 # the share enters the expectation
     with pytest.raises(ValueError, match="neg_per_row"):
         Config(neg_per_row=-1).validate()
 
