@@ -12,7 +12,9 @@ The diagnosis of GCN-PHR (README "Does it learn?", docs/RESULTS.md) rests on the
    by ordering them.
 2. **What outranks the seen positives the model misses**: per miss, how many negatives above it are
    seen / new for the user (and generic / topical; a topical one in a topic of the line's positives or in
-   another topic), and how often the new ones were used in training.
+   another topic), and how often the new ones were used in training. The same for the *hits* used four times
+   or more, whose order costs NDCG@K, with each seen negative above also told by whether its user used it
+   more often than the positive, as often, or less.
 3. **Does it use the video?** Recall@K again with each line's video replaced by a random training video
    of the same user, then by a random training video of anyone (seeded). A model that ignores the video
    scores the same; a content-aware one loses.
@@ -79,6 +81,8 @@ def by_kind(ds: Dataset, split: Split, score, k: int) -> dict:
     hit_ranks: dict[int, list[int]] = {}                                              # uses -> ranks <= k
     ideal = np.cumsum(1.0 / np.log2(np.arange(2, k + 2)))                              # [k] ideal DCG, 1..k
     intruders: dict[str, int] = {}
+    habit_intruders: dict[str, int] = {}                                              # above the hits used 4+
+    habit_hits = 0
     new_uses: list[int] = []
     misses = 0
     for lo in range(0, len(split), BATCH):
@@ -99,22 +103,32 @@ def by_kind(ds: Dataset, split: Split, score, k: int) -> dict:
                 1.0 / np.log2(rank + 1) / idcg[b] / len(split) if hit else 0.0)
             if hit:
                 hit_ranks.setdefault(group, []).append(rank)
-            if seen and not hit:
-                misses += 1
+            habit = hit and group == MAX_USES
+            if (seen and not hit) or habit:
+                misses += not hit
+                habit_hits += habit
                 line_topics = set(topic[cand[b][pos_mask[b]].cpu().numpy()].tolist()) - {-1}  # its positives'
                 for n in cand[b, :num_neg][scores[b, :num_neg] >= scores[b, j]].tolist():
-                    n_seen = (user, n) in pair_uses
-                    key = " ".join(x for x in (kind[n], "seen" if n_seen else "new") if x)
+                    n_times = pair_uses.get((user, n), 0)
+                    key = " ".join(x for x in (kind[n], "seen" if n_times else "new") if x)
                     if topic[n] >= 0:
                         key += " (line's topic)" if topic[n] in line_topics else " (other topic)"
+                    if habit:
+                        more = ("used more" if n_times > times else "used as often" if n_times == times
+                                else "used less") if n_times else ""
+                        habit_key = f"{key}, {more}" if more else key
+                        habit_intruders[habit_key] = habit_intruders.get(habit_key, 0) + 1
+                        continue
                     intruders[key] = intruders.get(key, 0) + 1
-                    if not n_seen:
+                    if not n_times:
                         new_uses.append(int(uses[n]))
     return {"hits": {name: (len(v), float(np.mean(v))) for name, v in sorted(hits.items())},
             "by_uses": {uses: (len(v), float(np.mean(v))) for uses, v in sorted(by_uses.items())},
             "ndcg_by_uses": dict(sorted(ndcg_by_uses.items())),
             "hit_rank_by_uses": {uses: float(np.mean(v)) for uses, v in sorted(hit_ranks.items())},
             "misses": misses, "intruders": {name: c / max(misses, 1) for name, c in sorted(intruders.items())},
+            "habit_hits": habit_hits,
+            "habit_intruders": {name: c / max(habit_hits, 1) for name, c in sorted(habit_intruders.items())},
             "new_intruder_uses": (float(np.mean(new_uses)), float(np.median(new_uses))) if new_uses else None}
 
 
@@ -165,6 +179,10 @@ def report(name: str, diag: dict, k: int) -> str:
                             f"({diag['hit_rank_by_uses'].get(uses, float('nan')):.2f})"
                             for uses, part in diag["ndcg_by_uses"].items())
                 + f"; NDCG@{k} {sum(diag['ndcg_by_uses'].values()):.3f}")
+    rows.append(f"  hits used {MAX_USES}+ times: {diag['habit_hits']}; negatives above each, on average "
+                f"({sum(diag['habit_intruders'].values()):.2f} in all): "
+                + ", ".join(f"{kind} {c:.3f}" for kind, c in
+                            sorted(diag["habit_intruders"].items(), key=lambda item: -item[1])))
     return "\n".join(rows)
 
 

@@ -161,3 +161,39 @@ def test_topics_read_from_the_generators_names(tiny):
     class Named:
         hashtag_names = ["t01_h0002", "travel_hike"]
     assert diagnose.topics(Named).tolist() == [-1, -1]
+
+
+@pytest.mark.parametrize("ranker", ["userpop", "gcn"])
+def test_negatives_above_the_habits_against_counting_by_hand(tiny, gcn_scorer, ranker):
+    # the hits used MAX_USES+ times: every negative scored at least as high is counted once, under its kind and
+    # how often the user used it against the positive; counting ranks none it counts less above one
+    scorer = UserPopularity(tiny.train, tiny.graph).scorer() if ranker == "userpop" else gcn_scorer
+    with torch.no_grad():
+        diag = diagnose.by_kind(tiny, tiny.test, scorer, 10)
+        lines = torch.arange(len(tiny.test))
+        cand, pos_mask, valid = evaluation.candidates(tiny.test, lines)
+        scores = scorer(tiny.test.users, tiny.test.videos, cand)
+        line, col, rank = evaluation.positive_ranks(scores, pos_mask, valid)
+    uses = {}
+    for u, _, t in tiny.train.tolist():
+        uses[u, t] = uses.get((u, t), 0) + 1
+    hits, above, less = 0, 0, 0
+    for b, j, r in zip(line.tolist(), col.tolist(), rank.tolist()):
+        user = int(tiny.test.users[b])
+        times = uses.get((user, int(cand[b, j])), 0)
+        if r > 10 or times < diagnose.MAX_USES:
+            continue
+        hits += 1
+        for c in range(tiny.test.negatives.size(1)):
+            if scores[b, c] >= scores[b, j]:
+                above += 1
+                less += 0 < uses.get((user, int(cand[b, c])), 0) < times
+    assert hits > 0 and diag["habit_hits"] == hits
+    assert sum(diag["habit_intruders"].values()) * hits == pytest.approx(above)
+    assert sum(c for key, c in diag["habit_intruders"].items() if key.endswith("used less")) * hits \
+        == pytest.approx(less)
+    if ranker == "userpop":
+        assert above > 0 and less == 0
+        assert all(" seen" in key and not key.endswith("used less") for key in diag["habit_intruders"])
+    else:
+        assert less > 0 and any(" new" in key for key in diag["habit_intruders"])
