@@ -108,7 +108,7 @@ def test_every_hashtag_loss_is_bpr_averaged_over_the_negative_distribution(tiny,
     torch.manual_seed(0)
     ds = tiny
     if user_share:
-        ds = copy.copy(tiny)                                            # tiny is shared: a copy changes
+        ds = copy.copy(tiny)                                            # tiny is shared: only the copy changes
         user, video = tiny.train[0, :2].tolist()
         mine = tiny.train[:, 0] == user
         assert (tiny.train[mine, 1] != video).any()                     # she had several videos
