@@ -116,10 +116,12 @@ class Config:
                             "the average, training goes on with the weights themselves. 0 = off (the paper); "
                             "0.99 averages over about 100 steps")
     # ---- the paper's baselines (SPEC §4; baselines.py) ----
-    loss: str = _opt("native", "training loss of a baseline: native = its own paper's (UTM WARP, ConTagNet "
-                     "multi-label sigmoid cross-entropy, CSMN sequence cross-entropy, USHM softmax "
-                     "cross-entropy), bpr = BPR on the shared (h+, h-) rows; GCN-PHR and the reference "
-                     "rankers always use BPR", choices=("native", "bpr"))
+    loss: str = _opt("native", "training loss: native = the model's own paper's (BPR for GCN-PHR and the "
+                     "reference rankers; UTM WARP, ConTagNet multi-label sigmoid cross-entropy, CSMN sequence "
+                     "cross-entropy, USHM softmax cross-entropy), bpr = BPR on the shared (h+, h-) rows; "
+                     "softmax (GCN-PHR and released) = cross-entropy of the positive against itself and the "
+                     "row's negatives, every hashtag not on the video with --neg_per_row 0 (with one negative "
+                     "it is BPR; docs/RESULTS.md)", choices=("native", "bpr", "softmax"))
     baseline_size: str = _opt("paper", "widths of ConTagNet and CSMN: paper = the original papers', "
                               "small = a CPU setting (see their docstrings); UTM and USHM are the same "
                               "in both", choices=("paper", "small"))
@@ -180,6 +182,11 @@ class Config:
             raise ValueError(f"--neg_per_row {self.neg_per_row}: expected 1 for {self.model_name!r} with its "
                              f"native loss (more negatives per row are for the BPR models "
                              f"{', '.join(MULTI_NEGATIVE)} and for a paper baseline with --loss bpr)")
+        if self.loss == "softmax" and (self.model_name not in ("gcn_phr", "released")
+                                       or self.neg_pop_share or self.neg_user_share):
+            raise ValueError(f"--loss softmax: a loss of GCN-PHR and released over uniform negatives, expected "
+                             f"--model_name gcn_phr or released, --neg_pop_share 0 --neg_user_share 0; got "
+                             f"{self.model_name!r}, {self.neg_pop_share}, {self.neg_user_share}")
         if self.hide_own != "none" and self.model_name != "gcn_phr":
             raise ValueError(f"--hide_own {self.hide_own}: hides edges of GCN-PHR's graph, expected "
                              f"--model_name gcn_phr, got {self.model_name!r}")
@@ -247,6 +254,18 @@ def bpr_loss(pos_score: Tensor, neg_score: Tensor) -> Tensor:
     diff = diff.to(torch.promote_types(diff.dtype, torch.float32))                      # float32 under autocast
     terms = -F.logsigmoid(diff)
     return (terms.mean(-1) if neg_score.dim() == 2 else terms).sum()
+
+
+def softmax_loss(pos_score: Tensor, neg_score: Tensor) -> Tensor:
+    r"""−Σ ln softmax: each row's cross-entropy of its positive against itself and its negatives,
+    :math:`\ln(e^{s^+} + \sum_k e^{s^-_k}) - s^+`, summed over the rows (``--loss softmax``). With one negative
+    it equals :func:`bpr_loss`.
+
+    Shapes: pos_score [B], neg_score [B] or [B, K] → scalar
+    """
+    both = torch.cat([pos_score.unsqueeze(-1), neg_score.view(pos_score.size(0), -1)], 1)   # [B, 1 + K]
+    both = both.to(torch.promote_types(both.dtype, torch.float32))
+    return (torch.logsumexp(both, 1) - both[:, 0]).sum()
 
 
 class UserScorer(nn.Module):
@@ -458,7 +477,11 @@ class _GraphRanker(Ranker):
         u, v = reps.user[users], reps.video[videos]                    # [B, d]
         s_pos = self.scoring(u, v, reps.tag[pos])                       # [B]
         s_neg = self.scoring(u, v, reps.tag[neg])                       # [B] or [B, K]
-        return bpr_loss(s_pos, s_neg)
+        return self.pair_loss(s_pos, s_neg)
+
+    def pair_loss(self, pos_score: Tensor, neg_score: Tensor) -> Tensor:
+        """BPR (the paper), or the softmax cross-entropy with ``--loss softmax``; summed over the rows."""
+        return (softmax_loss if self.cfg.loss == "softmax" else bpr_loss)(pos_score, neg_score)
 
     def loss_all(self, users: Tensor, videos: Tensor, pos: Tensor, rows: Tensor,
                  max_elements: int = ALL_TAGS_MAX_ELEMENTS) -> Tensor:
@@ -469,6 +492,8 @@ class _GraphRanker(Ranker):
         With ``--neg_user_share`` s the weights are those of the sampler's mixture,
         :math:`(1 - s)\, q_h / \sum_g q_g + s\, [h \in O] / |O|` over the hashtags not on the video, O the
         row's user's training hashtags not on the video (s = 0 when O is empty, as the sampler falls back).
+        With ``--loss softmax`` a row's term is :math:`\ln \sum_{h \in N \cup \{h^+\}} e^{s_h} - s^+`, N the
+        training hashtags not on the video.
 
         Costs one score per (row, hashtag) and a ``[G, H, d]`` hashtag side for the G users of a batch. When
         G·H·d exceeds ``max_elements``, the users are taken in groups of at most ``max_elements / (H d)`` and
@@ -483,20 +508,20 @@ class _GraphRanker(Ranker):
         user, video = reps.user[distinct], reps.video[videos]           # [G, d], [B, d]
         group = max(1, max_elements // tag_part.numel())                # users per group
         if distinct.numel() <= group:
-            return self._bpr_all_tags(user, video, of_line, tag_part, users, videos, pos)
+            return self._all_tag_terms(user, video, of_line, tag_part, users, videos, pos)
         order = torch.argsort(of_line, stable=True)                     # lines grouped by user
         ends = torch.bincount(of_line, minlength=distinct.numel()).cumsum(0).tolist()   # [G]
         total = video.new_zeros(())
         for first in range(0, distinct.numel(), group):
             last = min(first + group, distinct.numel())
             lines = order[(ends[first - 1] if first else 0): ends[last - 1]]            # lines of these users
-            total = total + checkpoint(self._bpr_all_tags, user[first:last], video[lines], of_line[lines] - first,
+            total = total + checkpoint(self._all_tag_terms, user[first:last], video[lines], of_line[lines] - first,
                                        tag_part, users[lines], videos[lines], pos[lines], use_reentrant=False)
         return total
 
-    def _bpr_all_tags(self, user: Tensor, video: Tensor, of_line: Tensor, tag_part: Tensor, users: Tensor,
+    def _all_tag_terms(self, user: Tensor, video: Tensor, of_line: Tensor, tag_part: Tensor, users: Tensor,
                       videos: Tensor, pos: Tensor) -> Tensor:
-        """The summed all-hashtag BPR terms of :meth:`loss_all` for some lines.
+        """The summed all-hashtag terms of :meth:`loss_all` for some lines.
 
         Shapes: user [G, d] (the lines' distinct users), video [B, d], of_line [B] (each line's row of
         ``user``), tag_part [H, d], users, videos, pos [B] → scalar"""
@@ -505,6 +530,10 @@ class _GraphRanker(Ranker):
         every_tag = torch.arange(scores.size(1), device=videos.device)                     # [H]
         on_video = _contains(self.video_tag_keys, videos.unsqueeze(1) * scores.size(1) + every_tag)   # [B, H]
         weight = self.neg_prob.expand_as(scores).masked_fill(on_video, 0.0)                         # [B, H]
+        if self.cfg.loss == "softmax":                  # the positive against itself and every negative
+            kept = (weight > 0) | (every_tag == pos.unsqueeze(1))                                  # [B, H]
+            logits = scores.masked_fill(~kept, float("-inf"))
+            return (torch.logsumexp(logits, 1) - scores.gather(1, pos.unsqueeze(1)).squeeze(1)).sum()
         terms = -F.logsigmoid(scores.gather(1, pos.unsqueeze(1)) - scores)                          # [B, H]
         if not self.cfg.neg_user_share:
             return ((terms * weight).sum(1) / weight.sum(1).clamp_min(1e-12)).sum()
@@ -598,7 +627,7 @@ class GCNPHR(_GraphRanker):
             return super().loss(users, videos, pos, neg, rows)
         u, v, tags = self.sampled_batch(users, videos, torch.cat([pos, neg.flatten()]), self.hidden_rows(videos, rows))
         neg_tags = tags[pos.numel():].view(*neg.shape, -1)              # [B, d], or [B, K, d] for [B, K] negatives
-        return bpr_loss(self.scoring(u, v, tags[: pos.numel()]), self.scoring(u, v, neg_tags))
+        return self.pair_loss(self.scoring(u, v, tags[: pos.numel()]), self.scoring(u, v, neg_tags))
 
     def sampled_batch(self, users: Tensor, videos: Tensor, tags: Tensor,
                       hidden_rows: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:

@@ -10,7 +10,7 @@ from conftest import training_batch as _batch
 
 import train
 from data_load import build_pair_graph
-from model import GCNPHR, Config, ReleasedGCN, UserScorer
+from model import GCNPHR, Config, ReleasedGCN, UserScorer, bpr_loss, softmax_loss
 
 TRAINABLE = ("gcn_phr", "released", "content", "mf")
 
@@ -94,17 +94,19 @@ def test_scorer_matches_loss_path(tiny, graph):
     torch.testing.assert_close(direct, via_eval)
 
 
-@pytest.mark.parametrize("name,pop_share,user_share,graph", [
-    ("gcn_phr", 0.0, 0.0, "pairs"), ("gcn_phr", 0.5, 0.0, "pairs"), ("released", 0.0, 0.0, "pairs"),
-    ("gcn_phr", 0.0, 0.0, "homogeneous"), ("gcn_phr", 0.0, 0.3, "pairs"), ("gcn_phr", 0.5, 0.3, "pairs"),
-    ("released", 0.0, 1.0, "pairs")])
-def test_every_hashtag_loss_is_bpr_averaged_over_the_negative_distribution(tiny, name, pop_share, user_share,
-                                                                             graph):
+@pytest.mark.parametrize("name,pop_share,user_share,graph,loss", [
+    ("gcn_phr", 0.0, 0.0, "pairs", "native"), ("gcn_phr", 0.5, 0.0, "pairs", "native"),
+    ("released", 0.0, 0.0, "pairs", "native"), ("gcn_phr", 0.0, 0.0, "homogeneous", "native"),
+    ("gcn_phr", 0.0, 0.3, "pairs", "native"), ("gcn_phr", 0.5, 0.3, "pairs", "native"),
+    ("released", 0.0, 1.0, "pairs", "native"), ("gcn_phr", 0.0, 0.0, "pairs", "softmax"),
+    ("released", 0.0, 0.0, "pairs", "softmax")])
+def test_every_hashtag_loss_equals_a_row_by_row_computation(tiny, name, pop_share, user_share, graph, loss):
     # --neg_per_row 0: each row's BPR term averaged over every hashtag not on its video, weighted by the
     # sampler's distribution (with --neg_user_share s: a share s uniform over the user's own hashtags not on
     # the video, or none when she has none left); computed here row by row and hashtag by hashtag with the
     # model's scoring; with a user share over every training row, one user keeping a single video so that her
-    # rows have no own hashtag left
+    # rows have no own hashtag left. With --loss softmax: the row's cross-entropy of its positive against
+    # itself and every training hashtag not on the video
     torch.manual_seed(0)
     ds = tiny
     if user_share:
@@ -115,7 +117,7 @@ def test_every_hashtag_loss_is_bpr_averaged_over_the_negative_distribution(tiny,
         ds.train = tiny.train[~mine | (tiny.train[:, 1] == video)]
         ds.graph = build_pair_graph(ds.train, ds.num_user, ds.num_hashtag, ds.num_video)
     model = train.build_model(_cfg(model_name=name, neg_per_row=0, neg_pop_share=pop_share,
-                                   neg_user_share=user_share, graph=graph), ds).eval()
+                                   neg_user_share=user_share, graph=graph, loss=loss), ds).eval()
     users, videos, pos, _, rows = _batch(ds, n=len(ds.train) if user_share else 12)
     count = torch.bincount(ds.train[:, 2], minlength=ds.num_hashtag).double()
     q = (1 - pop_share) * (count > 0).double() / (count > 0).sum() + pop_share * count / count.sum()   # [H]
@@ -129,6 +131,10 @@ def test_every_hashtag_loss_is_bpr_averaged_over_the_negative_distribution(tiny,
             negs = [g for g in range(H) if g not in on_video]
             own = sorted(set(ds.train[ds.train[:, 0] == u, 2].tolist()) - on_video)
             s = model.scoring(reps.user[u].expand(H, -1), reps.video[v].expand(H, -1), reps.tag).double()  # [H]
+            if loss == "softmax":
+                kept = [g for g in negs if q[g] > 0] + [h]
+                expected += torch.logsumexp(s[kept], 0) - s[h]
+                continue
             terms = -F.logsigmoid(s[h] - s)                                                     # [H]
             share = user_share if own else 0.0
             fallbacks += not own
@@ -141,12 +147,13 @@ def test_every_hashtag_loss_is_bpr_averaged_over_the_negative_distribution(tiny,
         assert 0 < fallbacks < len(users)                      # both kinds of rows were checked
 
 
-@pytest.mark.parametrize("users_per_group,user_share", [(1, 0.0), (3, 0.0), (3, 0.3)])
-def test_every_hashtag_loss_in_checkpointed_groups_equals_the_whole_batch(tiny, users_per_group, user_share):
+@pytest.mark.parametrize("users_per_group,user_share,loss", [(1, 0.0, "native"), (3, 0.0, "native"),
+                                                            (3, 0.3, "native"), (3, 0.0, "softmax")])
+def test_every_hashtag_loss_in_checkpointed_groups_equals_the_whole_batch(tiny, users_per_group, user_share, loss):
     # past ALL_TAGS_MAX_ELEMENTS the batch's users are taken in checkpointed groups: same loss, same gradients
     torch.manual_seed(0)
-    model = train.build_model(_cfg(neg_per_row=0, hide_own="videos", norm="pair", neg_user_share=user_share),
-                              tiny)
+    model = train.build_model(_cfg(neg_per_row=0, hide_own="videos", norm="pair", neg_user_share=user_share,
+                                   loss=loss), tiny)
     users, videos, pos, _, rows = _batch(tiny, n=40)
     assert users.unique().numel() > 2 * users_per_group                 # several groups
 
@@ -176,6 +183,7 @@ def test_every_hashtag_loss_trains_and_is_refused_where_it_does_not_apply(tiny, 
         with pytest.raises(ValueError, match="neg_per_row 0"):
             Config(neg_per_row=0, **bad).validate()
     Config(neg_per_row=0, neg_user_share=0.1).validate()                 # the share enters the expectation
+    Config(neg_per_row=0, loss="softmax").validate()
     with pytest.raises(ValueError, match="neg_per_row"):
         Config(neg_per_row=-1).validate()
 
@@ -321,3 +329,34 @@ def test_config_rejects_bad_values():
                 {"pair_weight": "rows"}):
         with pytest.raises(ValueError):
             dataclasses.replace(Config(), **bad).validate()
+
+
+def test_softmax_loss_is_the_cross_entropy_of_the_positive_and_bpr_with_one_negative(tiny):
+    # --loss softmax: -ln softmax of the positive among itself and the row's negatives, summed over the rows;
+    # with a single negative that is -ln sigmoid(s+ - s-), the paper's BPR
+    torch.manual_seed(0)
+    pos, neg = torch.randn(6), torch.randn(6, 5)
+    by_class = F.cross_entropy(torch.cat([pos[:, None], neg], 1), torch.zeros(6, dtype=torch.long), reduction="sum")
+    torch.testing.assert_close(softmax_loss(pos, neg), by_class)
+    torch.testing.assert_close(softmax_loss(pos, neg[:, 0]), bpr_loss(pos, neg[:, 0]))
+    torch.testing.assert_close(softmax_loss(pos, neg[:, :1]), bpr_loss(pos, neg[:, :1]))
+    assert not torch.allclose(softmax_loss(pos, neg), bpr_loss(pos, neg) * neg.size(1))
+    # the model's sampled-negative loss (and the sampled-subgraph one, which keeps the whole graph here) uses it
+    users, videos, pos_tags, _, rows = _batch(tiny, n=10)
+    neg_tags = torch.randint(tiny.num_hashtag, (10, 4))
+    for extra in ({}, {"num_neigh": 1000}):
+        model = train.build_model(_cfg(neg_per_row=4, loss="softmax", **extra), tiny).eval()
+        with torch.no_grad():
+            reps = model.propagate()
+            u, v = reps.user[users], reps.video[videos]
+            expected = softmax_loss(model.scoring(u, v, reps.tag[pos_tags]), model.scoring(u, v, reps.tag[neg_tags]))
+            model.train()
+            got = model.loss(users, videos, pos_tags, neg_tags, rows)
+        torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("bad", [{"model_name": "mf"}, {"model_name": "contagnet"}, {"neg_pop_share": 0.1},
+                                 {"neg_user_share": 0.1}])
+def test_softmax_loss_is_refused_where_it_does_not_apply(bad):
+    with pytest.raises(ValueError, match="--loss softmax"):
+        Config(loss="softmax", **bad).validate()
