@@ -214,8 +214,8 @@ class Ranker(nn.Module):
     trainable = True
 
     def loss(self, users: Tensor, videos: Tensor, pos: Tensor, neg: Tensor, rows: Tensor) -> Tensor:
-        """The training loss summed over the batch: BPR (SPEC §3) for GCN-PHR, each baseline's own loss or BPR
-        (``Config.loss``) for the baselines. ``rows`` are the batch's training-row ids."""
+        """The training loss summed over the batch: BPR (SPEC §3; or ``--loss softmax``) for GCN-PHR, each
+        baseline's own loss or BPR (``Config.loss``) for the baselines. ``rows`` are the batch's training-row ids."""
         raise NotImplementedError
 
     def scorer(self) -> ScoreFn:
@@ -402,8 +402,8 @@ class Reps(NamedTuple):
 
 class _GraphRanker(Ranker):
     """Shared parts of GCN-PHR and the released variant: id embeddings, the video projection,
-    the fixed graph and features as non-persistent buffers, the scorer, BPR loss. A subclass builds its layers
-    as ``self.convs`` and then calls :meth:`reset_parameters`."""
+    the fixed graph and features as non-persistent buffers, the scorer, the loss (BPR or ``--loss softmax``). A
+    subclass builds its layers as ``self.convs`` and then calls :meth:`reset_parameters`."""
 
     def __init__(self, cfg: Config, graph: PairGraph, features: Tensor) -> None:
         super().__init__()
