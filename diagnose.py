@@ -19,9 +19,13 @@ The diagnosis of GCN-PHR (README "Does it learn?", docs/RESULTS.md) rests on the
    of the same user, then by a random training video of anyone (seeded). A model that ignores the video
    scores the same; a content-aware one loses.
 
+The same views of one of the generator's reference rankers (``--reference``, e.g. ``topic_counts``, what
+counting the split does when told the true topics) show where a yardstick wins that a model does not.
+
 Usage::
 
     python diagnose.py RUN_DIR [--data_path DIR] [--split test] [--k 10] [--seed 0]
+    python diagnose.py --reference topic_counts --data_path data/small    # a reference ranker of make_data.py
 
 Shape legend: B lines, C candidates per line, U users, H hashtags.
 """
@@ -29,6 +33,7 @@ Shape legend: B lines, C candidates per line, U users, H hashtags.
 from __future__ import annotations
 
 import argparse
+import functools
 import re
 import sys
 from collections import Counter
@@ -39,9 +44,10 @@ import torch
 from torch import Tensor
 
 import evaluation
+import make_data
 import train
 from baselines import UserPopularity
-from data_load import DataError, Dataset, Split, exit_status
+from data_load import DataError, Dataset, Split, exit_status, load_dataset
 from recommend import open_run
 
 BATCH = 256  # lines scored at once
@@ -189,7 +195,11 @@ def report(name: str, diag: dict, k: int) -> str:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description="Where a trained ranker wins and loses, next to userpop "
                                                  "(see the module docstring).")
-    parser.add_argument("run", help="a run directory of train.py (config.json + best.pt) or a checkpoint file")
+    parser.add_argument("run", nargs="?", default=None,
+                        help="a run directory of train.py (config.json + best.pt) or a checkpoint file")
+    parser.add_argument("--reference", choices=make_data.REFERENCES, default=None,
+                        help="instead of a run: one of the generator's reference rankers, on a dataset written by "
+                             "make_data.py (--data_path)")
     parser.add_argument("--data_path", default=None, help="dataset directory (default: the run's)")
     parser.add_argument("--split", choices=("val", "test"), default="test")
     parser.add_argument("--k", type=int, default=10, help="cut-off K")
@@ -201,23 +211,34 @@ def build_parser() -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> None:
     if args.k < 1:
         raise DataError(f"--k: expected a positive cut-off, got {args.k}")
+    if (args.run is None) == (args.reference is None):
+        raise DataError("expected a run directory or --reference NAME, "
+                        + ("got neither" if args.run is None else "not both"))
     if args.threads:
         torch.set_num_threads(args.threads)
-    ckpt, cfg, ds = open_run(args.run, args.data_path)
-    model = train.build_model(cfg, ds)
-    try:
-        epoch = train.load_weights(model, ckpt)
-    except SystemExit as err:                       # train.py's one-line "error: ..." messages
-        raise DataError(str(err).removeprefix("error: ")) from None
-    model.eval()
+    if args.reference is not None:
+        if args.data_path is None:
+            raise DataError("--reference: expected --data_path, a dataset directory written by make_data.py")
+        ds = load_dataset(args.data_path)
+        name, source = args.reference, f"{args.reference} (the generator's reference ranker)"
+        make_score = functools.partial(make_data.reference_scorer, ds, name)
+    else:
+        ckpt, cfg, ds = open_run(args.run, args.data_path)
+        model = train.build_model(cfg, ds)
+        try:
+            epoch = train.load_weights(model, ckpt)
+        except SystemExit as err:                       # train.py's one-line "error: ..." messages
+            raise DataError(str(err).removeprefix("error: ")) from None
+        name, source = cfg.model_name, f"{ckpt} ({cfg.model_name}, epoch {epoch})"
+        make_score = model.eval().scorer
     split = ds.val if args.split == "val" else ds.test
-    print(f"{ckpt} ({cfg.model_name}, epoch {epoch}) on {Path(ds.path)}, {args.split} split, {len(split)} lines")
+    print(f"{source} on {Path(ds.path)}, {args.split} split, {len(split)} lines")
     with torch.no_grad():
-        score = model.scorer()
+        score = make_score()
         reference = UserPopularity(ds.train, ds.graph).scorer()
-        print(report(cfg.model_name, by_kind(ds, split, score, args.k), args.k))
+        print(report(name, by_kind(ds, split, score, args.k), args.k))
         print(report("userpop", by_kind(ds, split, reference, args.k), args.k))
-        print(f"{cfg.model_name}: Recall@{args.k} with each line's video replaced (seed {args.seed})")
+        print(f"{name}: Recall@{args.k} with each line's video replaced (seed {args.seed})")
         for name, recall in swapped_recall(ds, split, score, args.k, args.seed).items():
             print(f"  {name:28s} {recall:.4f}")
 

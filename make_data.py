@@ -43,8 +43,8 @@ of modality m, C candidates of a test line.
 
 Reference rankers (stored in ``meta.json`` under ``"generator"``)
 -----------------------------------------------------------------
-Test Recall@10 under the protocol of SPEC §5 (``evaluation.evaluate``) of rankers that know the
-generating parameters:
+Test Recall@10 and NDCG@10 under the protocol of SPEC §5 (``evaluation.evaluate``) of rankers that know
+the generating parameters:
 
 - ``oracle``: ``log P(h | u, v)``, the generating distribution itself (user + content);
 - ``content_only``: ``log P(h | v)``: the same mixture with ``P(h | t)`` marginalised over users
@@ -68,13 +68,13 @@ in the video's own topic, which keeps content alone imperfect. The user ranker h
 the scale of H/N: at ``tiny``/``small`` (H/N = 1.5) two to four topics with six personal hashtags
 each suffice; at ``instagram``/``yfcc`` (H/N ≈ 12 and 23) users follow four to eight topics with a
 personal vocabulary of S ≈ 3.6 H/N hashtags. The signature tags make the user's own history
-predictive, as people reuse their hashtags on real data. Seed 0 gives (test Recall@10):
+predictive, as people reuse their hashtags on real data. Seed 0 gives (test Recall@10 / NDCG@10):
 
-    preset       oracle  content_only  user_only  userpop  topic_counts
-    tiny         0.971   0.718         0.838      0.832    0.873
-    small        0.943   0.523         0.816      0.698    0.788
-    instagram    0.971   0.628         0.856      0.678    0.827
-    yfcc         0.977   0.643         0.876      0.673    0.830
+    preset       oracle         content_only   user_only      userpop        topic_counts
+    tiny         0.971 / 0.817  0.718 / 0.497  0.838 / 0.718  0.832 / 0.696  0.873 / 0.747
+    small        0.943 / 0.788  0.523 / 0.393  0.816 / 0.693  0.698 / 0.615  0.788 / 0.685
+    instagram    0.971 / 0.915  0.628 / 0.531  0.856 / 0.807  0.678 / 0.685  0.827 / 0.799
+    yfcc         0.977 / 0.934  0.643 / 0.557  0.876 / 0.847  0.673 / 0.696  0.830 / 0.815
 
 Usage::
 
@@ -117,6 +117,7 @@ MAX_TAGS = 5  # k_v = 1 + Binomial(4, 0.45) is at most 5 before unused hashtags 
 CHUNK = 1024  # videos or users per vectorised chunk (bounds memory at the yfcc scale)
 FEATURE_CHUNK = 8192  # feature rows generated and written at once
 REFERENCES = ("oracle", "content_only", "user_only", "userpop", "topic_counts")  # reference rankers in meta.json
+REFERENCE_KEYS = ("test_recall@10", "test_ndcg@10")  # their figures in meta.json's "generator" record
 
 
 @dataclass(frozen=True)
@@ -345,13 +346,17 @@ def tag_names(w: World) -> list[str]:
             for t, r in zip(w.tag_topic.tolist(), rank.tolist())]
 
 
+def generator_names(p: Preset, w: World) -> dict:
+    """The names written to ``posts.tsv`` of the users, hashtags and videos, each list in generator id order."""
+    return {"user": _names("u", p.num_user, 4), "hashtag": tag_names(w), "video": _names("v", p.num_video, 6)}
+
+
 def write_raw(p: Preset, w: World, vids: Videos, raw: Path, rng: np.random.Generator) -> dict:
     """Step 4 and the files ``prepare`` reads: ``posts.tsv`` and ``<modality>.npy`` [V, F_m] float32.
 
     Returns the names (in generator id order) of the users, hashtags and videos.
     """
-    names = {"user": _names("u", p.num_user, 4), "hashtag": tag_names(w),
-             "video": _names("v", p.num_video, 6)}
+    names = generator_names(p, w)
     tag_name = np.array(names["hashtag"], dtype=object)
     per_video = np.split(tag_name[vids.tags], vids.tag_ptr[1:-1])  # V arrays of names
     user_name = [names["user"][u] for u in vids.user.tolist()]
@@ -469,15 +474,52 @@ def reference_scorers(p: Preset, w: World, vids: Videos, gen_ids: dict, ds) -> d
             "userpop": userpop, "topic_counts": topic_counts}
 
 
-def reference_recalls(p: Preset, w: World, vids: Videos, names: dict, ds) -> dict:
-    """Test Recall@10 of the reference rankers (SPEC §5 protocol, ``evaluation.evaluate``)."""
+def reference_metrics(p: Preset, w: World, vids: Videos, names: dict, ds) -> dict:
+    """Test Recall@10 and NDCG@10 of the reference rankers (SPEC §5 protocol, ``evaluation.evaluate``):
+    ``{"test_recall@10": {ranker: value}, "test_ndcg@10": {ranker: value}}``."""
+    metrics = {name: evaluation.evaluate(ds.test, fn, ks=(10,))
+               for name, fn in reference_scorers(p, w, vids, _generator_ids(names, ds), ds).items()}
+    return {f"test_{metric}": {name: round(m[metric], 4) for name, m in metrics.items()}
+            for metric in ("recall@10", "ndcg@10")}
+
+
+def _generator_ids(names: dict, ds) -> dict:
+    """``{"user", "hashtag", "video"}``: ``[local]`` generator id of each local id of ``ds``, via ``names``."""
     gen_ids = {}
     for kind, loaded in (("user", ds.user_names), ("hashtag", ds.hashtag_names), ("video", ds.video_names)):
         index = {name: i for i, name in enumerate(names[kind])}
+        missing = next((name for name in loaded if name not in index), None)
+        if missing is not None:
+            raise data_load.DataError(f"{ds.path}: {kind} {missing!r} is not one of the generator's names "
+                                      "(expected a dataset written by make_data.py, unchanged)")
         gen_ids[kind] = np.array([index[name] for name in loaded], dtype=np.int64)  # [local] -> generator
-    scorers = reference_scorers(p, w, vids, gen_ids, ds)
-    return {name: round(evaluation.evaluate(ds.test, fn, ks=(10,))["recall@10"], 4)
-            for name, fn in scorers.items()}
+    return gen_ids
+
+
+def reference_scorer(ds, name: str):
+    """The score function ``(users, videos, candidates) -> [B, C]`` of reference ranker ``name`` (one of
+    :data:`REFERENCES`) on a dataset written by :func:`build`, for ``evaluation.evaluate`` or ``diagnose.py``.
+
+    The generator's draws are made again from the seed and parameters its ``meta.json`` records (the same
+    draws :func:`build` made), and the dataset's ids are mapped to the generator's through the names.
+    """
+    if name not in REFERENCES:
+        raise ValueError(f"reference ranker: expected one of {', '.join(REFERENCES)}, got {name!r}")
+    gen = ds.meta.get("generator")
+    if gen is None:
+        raise data_load.DataError(f"{ds.path}/meta.json: expected a dataset written by make_data.py (a "
+                                  "'generator' record), got none")
+    try:
+        p = Preset(**{key: tuple(v) if isinstance(v, list) else v for key, v in gen["params"].items()})
+        seed = int(gen["seed"])
+    except (KeyError, TypeError, ValueError) as err:
+        raise data_load.DataError(f"{ds.path}/meta.json: 'generator' record: expected the seed and parameters of "
+                                  f"this version of make_data.py, got {err}") from None
+    rng = np.random.default_rng(seed)
+    world = sample_world(p, rng)
+    vids = sample_videos(p, world, rng)
+    gen_ids = _generator_ids(generator_names(p, world), ds)
+    return reference_scorers(p, world, vids, gen_ids, ds)[name]
 
 
 def build(preset: str, out, seed: int = 0, legacy: bool = False, overwrite: bool = False, scale: float = 1.0,
@@ -486,12 +528,13 @@ def build(preset: str, out, seed: int = 0, legacy: bool = False, overwrite: bool
     """Generate preset ``preset`` with ``seed`` into the project-format directory ``out``.
 
     Writes the raw files to a temporary folder beside ``out``, runs ``data_load.prepare`` on them (same
-    seed), then records the generator's parameters and reference recalls in ``meta.json``. With
-    ``legacy`` also writes the released layout into ``out/legacy``. ``scale``, ``feature_dims`` and
-    ``num_neg`` change the preset's sizes (:func:`scaled`); ``references=False`` skips the reference
-    recalls (their ``[V, T]`` topic matrices are the generator's largest at a large scale). ``noise_scale``
-    multiplies the feature noises σ_m and τ (0: noiseless features, the topic mixture itself seen through each
-    modality's projection); every other draw, hence the users, videos, hashtags and split, stays the same.
+    seed), then records the generator's parameters and the reference rankers' test Recall@10 and NDCG@10
+    in ``meta.json``. With ``legacy`` also writes the released layout into ``out/legacy``. ``scale``,
+    ``feature_dims`` and ``num_neg`` change the preset's sizes (:func:`scaled`); ``references=False`` skips
+    the reference rankers (their ``[V, T]`` topic matrices are the generator's largest at a large scale).
+    ``noise_scale`` multiplies the feature noises σ_m and τ (0: noiseless features, the topic mixture itself
+    seen through each modality's projection); every other draw, hence the users, videos, hashtags and split,
+    stays the same.
     Returns ``out``.
     """
     if noise_scale < 0:
@@ -521,7 +564,7 @@ def build(preset: str, out, seed: int = 0, legacy: bool = False, overwrite: bool
         shutil.rmtree(raw)
     ds = data_load.load_dataset(out)
     if references:
-        record["test_recall@10"] = reference_recalls(p, world, vids, names, ds)
+        record.update(reference_metrics(p, world, vids, names, ds))
     data_load.write_json_atomic(out / "meta.json", {**ds.meta, "generator": record})
     if legacy:
         data_load.write_legacy(out, out / "legacy", overwrite=True)
@@ -541,7 +584,7 @@ def ensure(preset: str, root="data", seed: int = 0) -> Path:
                                       "'generator' record), got none; not replacing it")
         wanted = json.loads(json.dumps(dataclasses.asdict(PRESETS[preset])))
         if (gen.get("preset"), gen.get("seed"), gen.get("params")) == (preset, seed, wanted) \
-                and set(gen.get("test_recall@10", ())) == set(REFERENCES):
+                and all(set(gen.get(key, ())) == set(REFERENCES) for key in REFERENCE_KEYS):
             return out
     return build(preset, out, seed=seed, overwrite=True)
 
@@ -566,7 +609,7 @@ def main(argv=None) -> int:
     parser.add_argument("--noise_scale", type=float, default=1.0,
                         help="multiply the feature noises (0: noiseless features; the data are otherwise the same)")
     parser.add_argument("--no_references", action="store_true",
-                        help="skip the reference rankers' recalls in meta.json (for large scales)")
+                        help="skip the reference rankers' test figures in meta.json (for large scales)")
     args = parser.parse_args(argv)
     start = time.perf_counter()
     try:

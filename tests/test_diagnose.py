@@ -1,13 +1,16 @@
 """diagnose.py: its hits by kind add up to the evaluation's, the video swap changes only what uses the
 video, and the command line reports a run or refuses in one line."""
 
+import json
 import math
+import shutil
 
 import pytest
 import torch
 
 import diagnose
 import evaluation
+import make_data
 import train
 from baselines import UserPopularity
 from model import Config
@@ -197,3 +200,30 @@ def test_negatives_above_the_habits_against_counting_by_hand(tiny, gcn_scorer, r
         assert all(" seen" in key and not key.endswith("used less") for key in diag["habit_intruders"])
     else:
         assert less > 0 and any(" new" in key for key in diag["habit_intruders"])
+
+
+def test_reference_scorer_gives_the_figures_make_data_stored(tiny_dir, tiny):
+    stored = json.loads((tiny_dir / "meta.json").read_text())["generator"]
+    for name in make_data.REFERENCES:
+        got = evaluation.evaluate(tiny.test, make_data.reference_scorer(tiny, name), ks=(10,))
+        assert round(got["recall@10"], 4) == stored["test_recall@10"][name], name
+        assert round(got["ndcg@10"], 4) == stored["test_ndcg@10"][name], name
+    with pytest.raises(ValueError, match="expected one of"):
+        make_data.reference_scorer(tiny, "knn")
+
+
+def test_command_line_reports_a_reference_ranker_or_refuses_in_one_line(tiny_dir, tmp_path, capsys):
+    assert diagnose.main(["--reference", "topic_counts", "--data_path", str(tiny_dir), "--k", "5"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("topic_counts (the generator's reference ranker)")
+    assert "topic_counts: hits in the top 5" in out and "userpop: hits in the top 5" in out
+    foreign = tmp_path / "foreign"
+    shutil.copytree(tiny_dir, foreign)
+    meta = json.loads((foreign / "meta.json").read_text())
+    del meta["generator"]
+    (foreign / "meta.json").write_text(json.dumps(meta))
+    for argv in (["--reference", "oracle"], ["--reference", "oracle", "--data_path", str(foreign)],
+                 [str(tmp_path), "--reference", "oracle", "--data_path", str(tiny_dir)], []):
+        assert diagnose.main(argv) == 2, argv
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("error:"), (argv, err)

@@ -57,7 +57,8 @@ def test_meta_records_preset_counts_and_generator(tiny_build):
     gen = meta["generator"]
     assert (gen["preset"], gen["seed"], meta["seed"]) == ("tiny", 0, 0)
     assert gen["params"] == json.loads(json.dumps(dataclasses.asdict(TINY)))
-    assert set(gen["test_recall@10"]) == set(make_data.REFERENCES)
+    for key in make_data.REFERENCE_KEYS:
+        assert set(gen[key]) == set(make_data.REFERENCES), key
 
 
 def test_dataset_structure(tiny_build):
@@ -117,22 +118,32 @@ def _generated(out):
     return ds, world, vids, ids
 
 
-def _loop_recall(ds, line_scores) -> float:
-    """Test Recall@10 written as plain loops, an independent check of the vectorised code:
-    ``line_scores(user, video, candidates)`` (local ids) gives one score per candidate."""
-    hits = []
+def _loop_metrics(ds, line_scores) -> tuple[float, float]:
+    """Test Recall@10 and NDCG@10 written as plain loops, an independent check of the vectorised code:
+    ``line_scores(user, video, candidates)`` (local ids) gives one score per candidate. A positive's rank
+    is 1 + the negatives scored at least as high + the positives scored higher or equal in an earlier column."""
+    recalls, ndcgs = [], []
     for line in range(len(ds.test)):
         pos = ds.test.pos[ds.test.pos_ptr[line]:ds.test.pos_ptr[line + 1]].tolist()
         cand = ds.test.negatives[line].tolist() + pos
         scores = np.array(line_scores(int(ds.test.users[line]), int(ds.test.videos[line]), cand))
-        is_pos = np.arange(len(cand)) >= len(cand) - len(pos)
-        above = [(scores[~is_pos] >= s).sum() + (scores[is_pos] > s).sum() for s in scores[is_pos]]
-        hits.append(np.mean(np.array(above) < 10))
-    return float(np.mean(hits))
+        neg, pos_scores = scores[:-len(pos)], scores[-len(pos):]
+        ranks = [1 + (neg >= s).sum() + (pos_scores > s).sum() + (pos_scores[:i] == s).sum()
+                 for i, s in enumerate(pos_scores)]
+        recalls.append(np.mean(np.array(ranks) <= 10))
+        dcg = sum(1 / np.log2(r + 1) for r in ranks if r <= 10)
+        ndcgs.append(dcg / sum(1 / np.log2(r + 1) for r in range(1, min(len(pos), 10) + 1)))
+    return float(np.mean(recalls)), float(np.mean(ndcgs))
 
 
-def test_reference_recalls_match_a_direct_computation(tiny_build):
-    """The stored oracle figure is the Recall@10 of log P(h | u, v) written out by hand here."""
+def _stored(out, ranker) -> tuple[float, float]:
+    """The test Recall@10 and NDCG@10 of reference ``ranker`` in ``out/meta.json``."""
+    gen = json.loads((out / "meta.json").read_text())["generator"]
+    return gen["test_recall@10"][ranker], gen["test_ndcg@10"][ranker]
+
+
+def test_reference_figures_match_a_direct_computation(tiny_build):
+    """The stored oracle figures are the Recall@10 and NDCG@10 of log P(h | u, v) written out by hand here."""
     ds, world, vids, ids = _generated(tiny_build[0])
     lam, sig = TINY.personal_weight, TINY.generic_weight
 
@@ -148,12 +159,12 @@ def test_reference_recalls_match_a_direct_computation(tiny_build):
             scores.append(weight * in_block)
         return scores
 
-    stored = json.loads((tiny_build[0] / "meta.json").read_text())["generator"]["test_recall@10"]["oracle"]
-    assert stored == pytest.approx(_loop_recall(ds, oracle), abs=1e-3)
+    assert _stored(tiny_build[0], "oracle") == pytest.approx(_loop_metrics(ds, oracle), abs=1e-3)
 
 
 def test_topic_counts_match_a_direct_computation(tiny_build):
-    """The stored topic_counts figure is the Recall@10 of the counting rule of the docstring, written as loops."""
+    """The stored topic_counts figures are the Recall@10 and NDCG@10 of the counting rule of the docstring,
+    written as loops."""
     ds, world, vids, ids = _generated(tiny_build[0])
     topic = world.tag_topic[ids["hashtag"]]                                      # [H] local hashtag -> block
     T = TINY.num_topic
@@ -181,9 +192,10 @@ def test_topic_counts_match_a_direct_computation(tiny_build):
             scores.append(s + 1e-6 * uses.get(h, 0) / top)
         return scores
 
-    stored = json.loads((tiny_build[0] / "meta.json").read_text())["generator"]["test_recall@10"]
-    assert stored["topic_counts"] == pytest.approx(_loop_recall(ds, counts), abs=1e-3)
-    assert stored["userpop"] < stored["topic_counts"] < stored["oracle"]
+    assert _stored(tiny_build[0], "topic_counts") == pytest.approx(_loop_metrics(ds, counts), abs=1e-3)
+    for key in make_data.REFERENCE_KEYS:
+        stored = json.loads((tiny_build[0] / "meta.json").read_text())["generator"][key]
+        assert stored["userpop"] < stored["topic_counts"] < stored["oracle"], key
 
 
 def test_noise_scale_zero_keeps_the_data_and_removes_the_feature_noise(tiny_build, tmp_path):
@@ -249,6 +261,11 @@ def test_ensure_rebuilds_a_stale_dataset(tmp_path):
     (out / "meta.json").write_text(json.dumps(meta))
     make_data.ensure("tiny", root=tmp_path)
     assert set(json.loads((out / "meta.json").read_text())["generator"]["test_recall@10"]) == set(make_data.REFERENCES)
+    meta = json.loads((out / "meta.json").read_text())
+    del meta["generator"]["test_ndcg@10"]  # written before the NDCG@10 figures were recorded
+    (out / "meta.json").write_text(json.dumps(meta))
+    make_data.ensure("tiny", root=tmp_path)
+    assert set(json.loads((out / "meta.json").read_text())["generator"]["test_ndcg@10"]) == set(make_data.REFERENCES)
 
 
 @pytest.mark.parametrize("meta", [None, {"source": "prepare"}])
