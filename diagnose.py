@@ -239,8 +239,8 @@ def run(args: argparse.Namespace) -> None:
         print(report(name, by_kind(ds, split, score, args.k), args.k))
         print(report("userpop", by_kind(ds, split, reference, args.k), args.k))
         print(f"{name}: Recall@{args.k} with each line's video replaced (seed {args.seed})")
-        for name, recall in swapped_recall(ds, split, score, args.k, args.seed).items():
-            print(f"  {name:28s} {recall:.4f}")
+        for swap, recall in swapped_recall(ds, split, score, args.k, args.seed).items():
+            print(f"  {swap:28s} {recall:.4f}")
 
 
 def main(argv=None) -> int:
