@@ -162,16 +162,60 @@ def test_reference_figures_match_a_direct_computation(tiny_build):
     assert _stored(tiny_build[0], "oracle") == pytest.approx(_loop_metrics(ds, oracle), abs=1e-3)
 
 
+def _true_beta(vids, ids) -> np.ndarray:
+    """``[V, T]`` the generator's topic mixture β of every local video, as a dense matrix."""
+    beta = np.zeros((len(ids["video"]), TINY.num_topic))
+    for v, g in enumerate(ids["video"]):
+        for t, b in zip(vids.topics[g], vids.mix[g]):
+            if t >= 0:
+                beta[v, t] = b
+    return beta
+
+
+def _read_beta(ds, beta: np.ndarray) -> np.ndarray:
+    """``topic_counts_read``'s mixtures written out on the whole feature matrix at once: ridge regression of the
+    training videos' β on their features, the two largest read weights clipped, raised to the 4th power and
+    renormalised; the training videos keep their β."""
+    x = ds.features().numpy().astype(np.float64)                                 # [V, F]
+    train = np.unique(ds.train[:, 1].numpy())
+    x_mean, y_mean = x[train].mean(0), beta[train].mean(0)
+    xc = x[train] - x_mean
+    weights = np.linalg.solve(xc.T @ xc + np.eye(x.shape[1]), xc.T @ (beta[train] - y_mean))   # ridge 1
+    read = np.clip((x - x_mean) @ weights + y_mean, 0, None) ** 4
+    np.put_along_axis(read, np.argsort(-read, axis=1)[:, 2:], 0.0, axis=1)       # all but the two largest
+    read /= read.sum(1, keepdims=True)
+    read[train] = beta[train]
+    return read
+
+
+def test_read_topics_is_a_ridge_regression_on_the_features(tiny_build, monkeypatch):
+    """``read_topics``, which reads the features in chunks, equals the regression written on the whole matrix;
+    the training videos keep their true mixture, every read one is a distribution over at most two topics, and
+    it finds most videos' main topic."""
+    ds, _, vids, ids = _generated(tiny_build[0])
+    monkeypatch.setattr(data_load, "_CHUNK", 64)                                 # several chunks on tiny
+    beta = _true_beta(vids, ids)
+    read = make_data.read_topics(ds, beta)
+    assert read == pytest.approx(_read_beta(ds, beta), abs=1e-9)
+    train = np.unique(ds.train[:, 1].numpy())
+    assert np.array_equal(read[train], beta[train])
+    assert read.sum(1) == pytest.approx(np.ones(len(read)))
+    assert (read >= 0).all() and ((read > 0).sum(1) <= 2).all()
+    others = np.setdiff1d(np.arange(len(read)), train)
+    assert (read[others].argmax(1) == beta[others].argmax(1)).mean() > 0.7
+
+
 def test_topic_counts_match_a_direct_computation(tiny_build):
     """The stored topic_counts figures are the Recall@10 and NDCG@10 of the counting rule of the docstring,
-    written as loops."""
+    written as loops; topic_counts_read's are the same rule with the mixtures read from the features."""
     ds, world, vids, ids = _generated(tiny_build[0])
     topic = world.tag_topic[ids["hashtag"]]                                      # [H] local hashtag -> block
     T = TINY.num_topic
+    true_beta = _true_beta(vids, ids)
+    line_beta = true_beta
 
-    def beta(v):  # {topic: weight} of a local video
-        g = ids["video"][v]
-        return {int(t): float(b) for t, b in zip(vids.topics[g], vids.mix[g]) if t >= 0}
+    def beta(v):  # {topic: weight} of a local video, as the training rows count it
+        return {t: float(b) for t, b in enumerate(true_beta[v]) if b > 0}
 
     user_topic_tag, topic_tag, user_tag, uses = {}, {}, {}, {}
     for u, v, h in ds.train.tolist():
@@ -187,15 +231,19 @@ def test_topic_counts_match_a_direct_computation(tiny_build):
         scores = []
         for h in cand:
             s = sum(b * (user_topic_tag.get((u, t, h), 0.0) + topic_tag.get((t, h), 0.0) / topic_total[t])
-                    for t, b in beta(v).items())
+                    for t, b in enumerate(line_beta[v]) if b > 0)
             s += user_tag.get((u, h), 0) if topic[h] == T else 0.0
             scores.append(s + 1e-6 * uses.get(h, 0) / top)
         return scores
 
     assert _stored(tiny_build[0], "topic_counts") == pytest.approx(_loop_metrics(ds, counts), abs=1e-3)
+    line_beta = _read_beta(ds, true_beta)
+    assert _stored(tiny_build[0], "topic_counts_read") == pytest.approx(_loop_metrics(ds, counts), abs=1e-3)
     for key in make_data.REFERENCE_KEYS:
         stored = json.loads((tiny_build[0] / "meta.json").read_text())["generator"][key]
         assert stored["userpop"] < stored["topic_counts"] < stored["oracle"], key
+        assert stored["content_only"] < stored["topic_counts_read"], key
+        assert abs(stored["topic_counts_read"] - stored["topic_counts"]) < 0.05, key   # tiny's features are clear
 
 
 def test_noise_scale_zero_keeps_the_data_and_removes_the_feature_noise(tiny_build, tmp_path):
