@@ -7,7 +7,8 @@ Two on-disk layouts are understood:
   three feature files. Reading the pickles runs code from the file, so it needs an explicit opt-in
   (``allow_pickle=True`` / ``--allow_pickle``);
 * the project's own, pickle-free **project format** (``meta.json`` + plain ``.npy`` / ``.npz``), which
-  ``prepare`` (bring your own data, SPEC §2.3 split) and ``convert`` (legacy → project) write.
+  ``prepare`` (bring your own data, SPEC §2.3 split) and ``convert`` (legacy → project) write;
+  ``cluster`` writes a copy whose video features are soft cluster memberships (``features.py``).
 
 Both are read into one in-memory form (:class:`_Arrays`, global ids), validated by one function
 (:func:`_validate`), and exposed as a :class:`Dataset` whose tensors use *local* ids per type.
@@ -15,7 +16,7 @@ Both are read into one in-memory form (:class:`_Arrays`, global ids), validated 
 Shape legend: U users, H hashtags, V videos, R training rows, P user–hashtag pairs,
 E pair–video edges (= R), L val/test lines, N negatives per line, F feature dim.
 
-Run as a script: ``python data_load.py {convert,prepare,inspect} --help``.
+Run as a script: ``python data_load.py {convert,prepare,cluster,inspect} --help``.
 """
 
 from __future__ import annotations
@@ -33,6 +34,8 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import Tensor
+
+import features
 
 FORMAT_VERSION = 1
 KINDS = ("user", "hashtag", "video")
@@ -346,7 +349,7 @@ def _validate(a: _Arrays, num_neg: int | None) -> None:
         if block.shape[0] != ids.num_video:
             raise _fail(path, None, f"{ids.num_video} rows (one per video, in video order)",
                         f"{block.shape[0]} rows")
-        for start, rows in _row_chunks(block):
+        for start, rows in row_chunks(block):
             with np.errstate(over="ignore"):                # stored and used as float32: check that
                 chunk = rows.astype(np.float32, copy=False)
             finite = np.isfinite(chunk).all(axis=1)
@@ -388,7 +391,7 @@ def _load_npy(path: Path, mmap: bool = False) -> np.ndarray:
                     f"{str(err).splitlines()[0] if str(err) else 'truncated'}") from None
 
 
-def _row_chunks(block: np.ndarray):
+def row_chunks(block: np.ndarray):
     """``(start, rows)``: the block ``_CHUNK`` rows at a time (``rows`` is reused: consume it at once).
 
     A memory-mapped block is read from its file instead: going through the mapping would leave every
@@ -715,6 +718,30 @@ def convert(legacy_dir, out_dir, allow_pickle: bool = False, overwrite: bool = F
                                              "seed": None}, overwrite)
 
 
+def cluster(dataset_dir, out_dir, k: int = 30, temperature: float = 0.1, seed: int = 0, restarts: int = 3,
+            allow_pickle: bool = False, overwrite: bool = False) -> Path:
+    """A copy of a dataset whose video features are soft memberships of ``k`` clusters (``features.py``):
+    spherical k-means fitted on the training videos' features, ``softmax(cosine / temperature)`` for every
+    video. Ids, split, negatives and names are unchanged; ``meta.json`` records how the features were made
+    (``features_from``) and keeps the source's other records (such as the generator's)."""
+    if k < 1 or temperature <= 0 or restarts < 1:
+        raise DataError(f"cluster: expected k >= 1, temperature > 0 and restarts >= 1, got k {k}, "
+                        f"temperature {temperature}, restarts {restarts}")
+    a = _read_any(dataset_dir, allow_pickle)
+    fit = np.unique(a.ids.to_local("video", a.train[:, 1]))                       # [n] the training videos
+    if k > fit.size:
+        raise DataError(f"{dataset_dir}: cluster: expected k at most the {fit.size} training videos, got {k}")
+    source = [name for name, _ in a.blocks]
+    a.blocks = [("clusters", features.cluster_blocks([b for _, b in a.blocks], fit, k, temperature, seed,
+                                                     restarts=restarts))]
+    kept = {key: v for key, v in a.meta.items()
+            if key not in ("format_version", "num_user", "num_hashtag", "num_video", "num_neg", "features")}
+    record = {"method": "spherical k-means on the training videos, softmax(cosine / temperature)", "k": k,
+              "temperature": temperature, "seed": seed, "restarts": restarts, "blocks": source,
+              "from": str(Path(dataset_dir).resolve())}
+    return _write_project(a, Path(out_dir), {"seed": None, **kept, "features_from": record}, overwrite)
+
+
 # --------------------------------------------------------------------------------------------
 # prepare: bring your own data (SPEC §2.3)
 # --------------------------------------------------------------------------------------------
@@ -911,7 +938,7 @@ class Dataset:
         dst = out.numpy()                                    # first writes of strided copies into those are slow
         col = 0
         for block in self.feature_blocks:
-            for start, rows in _row_chunks(block):
+            for start, rows in row_chunks(block):
                 where = slice(start, start + rows.shape[0]) if position is None \
                     else position[start:start + rows.shape[0]]
                 dst[where, col:col + block.shape[1]] = rows
@@ -990,6 +1017,16 @@ def main(argv=None) -> int:
     p.add_argument("--seed", type=int, required=True)
     p.add_argument("--num_neg", type=int, default=1000, help="negatives per val/test line")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    p = sub.add_parser("cluster", help="a copy of a dataset whose video features are soft cluster memberships "
+                       "(spherical k-means on the training videos; features.py)")
+    p.add_argument("dir")
+    p.add_argument("out_dir")
+    p.add_argument("--k", type=int, default=30, help="number of clusters")
+    p.add_argument("--temperature", type=float, default=0.1, help="softmax temperature over the cosines")
+    p.add_argument("--seed", type=int, default=0, help="seed of the k-means++ draws")
+    p.add_argument("--restarts", type=int, default=3, help="k-means restarts (the best fit is kept)")
+    p.add_argument("--allow_pickle", action="store_true", help="allow reading a legacy dataset")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing OUT_DIR")
     p = sub.add_parser("inspect", help="print counts and distributions of a dataset")
     p.add_argument("dir")
     p.add_argument("--allow_pickle", action="store_true", help="allow reading a legacy dataset")
@@ -1002,6 +1039,10 @@ def main(argv=None) -> int:
         elif args.command == "prepare":
             out = prepare(args.posts, args.features, args.out, args.seed, args.num_neg,
                           overwrite=args.overwrite)
+            print(describe(load_dataset(out)))
+        elif args.command == "cluster":
+            out = cluster(args.dir, args.out_dir, args.k, args.temperature, args.seed, args.restarts,
+                          args.allow_pickle, args.overwrite)
             print(describe(load_dataset(out)))
         else:
             print(describe(load_dataset(args.dir, args.allow_pickle)))

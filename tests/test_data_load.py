@@ -15,6 +15,7 @@ import torch
 from conftest import NUM_NEG, VIDEOS_PER_USER, run_many, write_posts
 
 import data_load
+import features
 from data_load import DataError, IdSpace, build_pair_graph, load_dataset, prepare
 
 REPO = Path(__file__).resolve().parents[1]
@@ -1103,7 +1104,7 @@ def test_cli_help_lists_the_commands(capsys):
         data_load.main(["--help"])
     assert info.value.code == 0
     out = capsys.readouterr().out
-    assert all(cmd in out for cmd in ("convert", "prepare", "inspect"))
+    assert all(cmd in out for cmd in ("convert", "prepare", "cluster", "inspect"))
 
 
 def test_cli_prepare_bad_input_is_one_line(tiny_posts, tmp_path):
@@ -1129,3 +1130,33 @@ def test_cli_in_process(tiny_posts, tiny_dataset, tmp_path, capsys):
     assert "negatives/line 8" in capsys.readouterr().out
     assert data_load.main(["convert", str(legacy), str(tmp_path / "c"), "--allow_pickle"]) == 0
     assert_same_data(load_dataset(tmp_path / "c"), load_dataset(tiny_dataset))
+
+
+def test_cluster_writes_the_same_data_with_membership_features(tiny_dataset, tmp_path):
+    out = data_load.cluster(tiny_dataset, tmp_path / "clustered", k=3, temperature=0.2, seed=1)
+    source, clustered = load_dataset(tiny_dataset), load_dataset(out)
+    assert clustered.feature_names == ["clusters"]
+    m = clustered.features()
+    assert m.shape == (source.num_video, 3) and m.sum(1) == pytest.approx(torch.ones(source.num_video), abs=1e-5)
+    fit = np.unique(source.train[:, 1].numpy())
+    raw = [np.asarray(b) for b in source.feature_blocks]
+    assert np.array_equal(m.numpy(), features.cluster_blocks(raw, fit, 3, 0.2, seed=1))
+    assert torch.equal(clustered.train, source.train) and clustered.user_names == source.user_names
+    for name in ("val", "test"):
+        assert torch.equal(getattr(clustered, name).negatives, getattr(source, name).negatives)
+    meta = json.loads((out / "meta.json").read_text())
+    assert meta["features_from"]["k"] == 3 and meta["features_from"]["blocks"] == ["visual", "acoustic", "textual"]
+    assert meta["seed"] == json.loads((tiny_dataset / "meta.json").read_text())["seed"]   # the split's seed stays
+    again = data_load.cluster(tiny_dataset, tmp_path / "again", k=3, temperature=0.2, seed=1)
+    assert (again / "features_clusters.npy").read_bytes() == (out / "features_clusters.npy").read_bytes()
+
+
+def test_cluster_refuses_bad_arguments_in_one_line(tiny_dataset, tmp_path):
+    out = tmp_path / "clustered"
+    proc = run_cli("cluster", tiny_dataset, out, "--k", 0)
+    assert_one_line_error(proc, "cluster: expected k >= 1, temperature > 0")
+    proc = run_cli("cluster", tiny_dataset, out, "--k", 500)
+    assert_one_line_error(proc, f"{tiny_dataset}: cluster: expected k at most the")
+    assert not leftovers(out)
+    assert run_cli("cluster", tiny_dataset, out, "--k", 2).returncode == 0
+    assert_one_line_error(run_cli("cluster", tiny_dataset, out, "--k", 2), "pass --overwrite")
