@@ -9,8 +9,8 @@ without changing the model: the features of every video are replaced by its soft
 
 with c_1 … c_K the centroids of spherical k-means (cosine similarity, unit-norm centroids) fitted on the
 videos of the training split only, so that the validation and test videos play no part in the fit. The
-memberships are written as a new dataset directory (one feature block ``clusters`` of K columns; every
-other file unchanged), which any ranker reads like the original.
+memberships are written as a new dataset directory (one feature block ``clusters`` of K columns; ids, split,
+negatives and names unchanged), which any ranker reads like the original.
 
 Shape legend: V videos, F feature columns, n fitted videos, K clusters.
 """
