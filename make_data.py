@@ -499,16 +499,15 @@ def read_topics(ds, beta: np.ndarray, ridge: float = READ_RIDGE, power: float = 
         for parts in zip(*(data_load.row_chunks(block) for block in ds.feature_blocks)):
             yield parts[0][0], np.concatenate([rows for _, rows in parts], axis=1).astype(np.float64)
 
-    x_sum, n = 0.0, int(in_train.sum())
-    for start, x in chunks():
-        x_sum = x_sum + x[in_train[start:start + len(x)]].sum(0)
-    x_mean, y_mean = x_sum / n, beta[in_train].mean(0)  # [F], [T]
-    gram, cross = 0.0, 0.0
+    x_sum, gram, cross = 0.0, 0.0, 0.0  # one pass over the training videos: Σx, Σxxᵀ, Σxβᵀ
     for start, x in chunks():
         keep = in_train[start:start + len(x)]
-        xc = x[keep] - x_mean  # [n', F]
-        gram = gram + xc.T @ xc  # [F, F]
-        cross = cross + xc.T @ (beta[start:start + len(x)][keep] - y_mean)  # [F, T]
+        xt, yt = x[keep], beta[start:start + len(x)][keep]  # [n', F], [n', T]
+        x_sum, gram, cross = x_sum + xt.sum(0), gram + xt.T @ xt, cross + xt.T @ yt
+    n = int(in_train.sum())
+    x_mean, y_mean = x_sum / n, beta[in_train].mean(0)  # [F], [T]
+    gram = gram - n * np.outer(x_mean, x_mean)  # centred: Σ(x − x̄)(x − x̄)ᵀ
+    cross = cross - n * np.outer(x_mean, y_mean)  # Σ(x − x̄)(β − β̄)ᵀ
     weights = np.linalg.solve(gram + ridge * np.eye(len(x_mean)), cross)  # [F, T]
     read = np.empty_like(beta)
     for start, x in chunks():
